@@ -1,0 +1,165 @@
+"""The conversion pipeline: ANN (ONNX) -> QCFS ANN -> IF-neuron SNN (ONNX)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnx_rmpe import __version__
+from onnx_rmpe.data import Dataset, check_fits, load_data
+from onnx_rmpe.errors import ConversionError, DataError, OptionError
+from onnx_rmpe.modelio import (
+    default_opset,
+    get_metadata,
+    load_model,
+    prepare,
+    save_model,
+    to_graph,
+    to_model,
+)
+from onnx_rmpe.passes.base import run_passes
+from onnx_rmpe.passes.fold_batchnorm import fold_batchnorm
+from onnx_rmpe.passes.maxpool_reorder import maxpool_reorder
+from onnx_rmpe.passes.normalize import normalize
+from onnx_rmpe.passes.qcfs_to_if import qcfs_to_if
+from onnx_rmpe.passes.relu_to_qcfs import activation_sites, qcfs_nodes, relu_to_qcfs
+from onnx_rmpe.passes.support import check_supported
+from onnx_rmpe.runtime.neurons import DEFAULT_PHI
+from onnx_rmpe.runtime.statistics import positive_percentiles
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ConversionResult:
+    """What :func:`convert` produced: the SNN, the QCFS ANN it came from, and a report."""
+
+    snn: onnx.ModelProto
+    qcfs: onnx.ModelProto
+    T: int
+    levels: int
+    thresholds: dict[str, float]
+    output_path: Path | None = None
+    qcfs_path: Path | None = None
+    calibration: object | None = None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def _check_options(T: int, levels: int, percentile: float, calib_samples: int | None,
+                   batch_size: int) -> None:
+    if T < 1:
+        raise OptionError("--T", f"the number of time steps must be at least 1, got {T}")
+    if levels < 1:
+        raise OptionError("--levels", f"must be at least 1, got {levels}")
+    if not 0 < percentile <= 100:
+        raise OptionError("--percentile", f"must be in (0, 100], got {percentile}")
+    if calib_samples is not None and calib_samples < 1:
+        raise OptionError("--calib-samples", f"must be at least 1, got {calib_samples}")
+    if batch_size < 1:
+        raise OptionError("--batch-size", f"must be at least 1, got {batch_size}")
+
+
+def _load(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    if isinstance(model, onnx.ModelProto):
+        return model, model.graph.name or "<model>"
+    return load_model(model), str(model)
+
+
+def build_qcfs(model: onnx.ModelProto, data: Dataset | None, *, levels: int = 8,
+               percentile: float = 99.9, batch_size: int = 128, threads: int | None = None,
+               device: str = "cpu", source: str = "<model>") -> tuple[onnx.ModelProto, dict]:
+    """Normalize a (ReLU or QCFS) ANN and return the QCFS ANN with its thresholds."""
+    prepared = prepare(model, source)
+    graph = run_passes(to_graph(prepared), [
+        ("normalize", normalize), ("fold_batchnorm", fold_batchnorm),
+        ("check_supported", check_supported),
+    ])
+    sites = activation_sites(graph)
+    if not sites and not qcfs_nodes(graph):
+        raise ConversionError(f"model '{source}' has no ReLU-like activation (Relu, Clip(0, m), "
+                              "Max(x, 0)) or QCFS node: there is nothing to turn into neurons")
+    thresholds = {}
+    if sites:
+        if data is None:
+            raise OptionError("--calib", "the model has ReLU activations, so QCFS thresholds "
+                                         "need calibration data (an .npz with array 'x')")
+        relu_model = to_model(graph.copy(), keep_shapes=True)
+        check_fits(data, relu_model)
+        pct = positive_percentiles(relu_model, data.x, [s.pre_activation for s in sites],
+                                   percentile=percentile, batch_size=batch_size,
+                                   threads=threads, device=device)
+        thresholds = {s.node: _usable(pct[s.pre_activation], s) for s in sites}
+    graph = run_passes(graph, [
+        ("relu_to_qcfs", lambda g: relu_to_qcfs(g, thresholds=thresholds, levels=levels)),
+        ("maxpool_reorder", maxpool_reorder),
+    ])
+    for node in qcfs_nodes(graph):
+        thresholds[node.name] = float(np.asarray(node.inputs[1].values))
+    qcfs = to_model(graph, keep_shapes=True, metadata={
+        "onnx_rmpe.kind": "qcfs", "onnx_rmpe.version": __version__,
+        "onnx_rmpe.levels": str(levels), "onnx_rmpe.percentile": str(percentile)})
+    return qcfs, thresholds
+
+
+def _usable(value: float, site) -> float:
+    if np.isfinite(value) and value > 0:
+        return value
+    fallback = site.cap if site.cap is not None else 1.0
+    logger.warning("activation '%s' never fired on the calibration data; threshold set to %g",
+                   site.node, fallback)
+    return fallback
+
+
+def qcfs_to_snn(qcfs: onnx.ModelProto, *, T: int, phi: float = DEFAULT_PHI) -> onnx.ModelProto:
+    """The multi-step SNN of a QCFS model (uncalibrated: ``v_init = 0``)."""
+    graph = run_passes(to_graph(qcfs), [("qcfs_to_if", lambda g: qcfs_to_if(g, T=T, phi=phi))])
+    meta = get_metadata(qcfs)
+    meta.update({"onnx_rmpe.kind": "snn", "onnx_rmpe.T": str(T), "onnx_rmpe.phi": str(phi),
+                 "onnx_rmpe.rmpe": "none"})
+    return to_model(graph, opset=default_opset(qcfs), metadata=meta)
+
+
+def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
+            output: str | os.PathLike | None = None, levels: int = 8, percentile: float = 99.9,
+            calib_samples: int | None = 512, batch_size: int = 128, rmpe: bool = False,
+            save_qcfs: str | os.PathLike | None = None, threads: int | None = None,
+            device: str = "cpu") -> ConversionResult:
+    """Convert an ONNX ANN into a multi-step IF-neuron SNN.
+
+    ``calib`` (path, array, ``(x, y)`` or :class:`Dataset`) gives the QCFS thresholds.
+    ``output`` (if given) receives the SNN; ``save_qcfs`` the QCFS ANN. Nothing is written
+    unless the whole conversion succeeds.
+    """
+    start = time.perf_counter()
+    _check_options(T, levels, percentile, calib_samples, batch_size)
+    if rmpe:
+        raise OptionError("--rmpe", "RMPE calibration is not available yet in this version")
+    proto, source = _load(model)
+    data = load_data(calib).head(calib_samples) if calib is not None else None
+    qcfs, thresholds = build_qcfs(proto, data, levels=levels, percentile=percentile,
+                                  batch_size=batch_size, threads=threads, device=device,
+                                  source=source)
+    snn = qcfs_to_snn(qcfs, T=T)
+    if data is not None:
+        from onnx_rmpe.modelio import set_metadata
+        set_metadata(snn, "onnx_rmpe.calib_samples", str(len(data)))
+    result = ConversionResult(snn, qcfs, T, levels, thresholds)
+    if save_qcfs is not None:
+        result.qcfs_path = save_model(qcfs, save_qcfs)
+    if output is not None:
+        result.output_path = save_model(snn, output)
+    result.seconds = time.perf_counter() - start
+    logger.info("converted %s: %d spiking layer(s), T=%d, L=%d in %.1fs", source,
+                len(thresholds), T, levels, result.seconds)
+    return result
+
+
+__all__ = ["ConversionResult", "build_qcfs", "convert", "qcfs_to_snn", "DataError"]

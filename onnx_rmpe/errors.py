@@ -1,0 +1,81 @@
+"""User-facing errors. Every error a user can cause derives from :class:`ConversionError`.
+
+Messages are built inside the exception classes and name the thing at fault (file,
+node, op, option) and the fix, so the CLI can print them without a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+
+class ConversionError(Exception):
+    """Root of every user error raised by onnx-rmpe."""
+
+
+class ModelLoadError(ConversionError):
+    """The model file cannot be read or is not a valid ONNX model."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot load model '{path}': {reason}")
+        self.path = path
+
+
+class DataError(ConversionError):
+    """Calibration or evaluation data does not fit the model."""
+
+
+class OptionError(ConversionError):
+    """An option has a value that cannot work."""
+
+    def __init__(self, option: str, reason: str) -> None:
+        super().__init__(f"option {option}: {reason}")
+        self.option = option
+
+
+class MissingDependencyError(ConversionError):
+    """An optional dependency needed by this command is not installed."""
+
+    def __init__(self, package: str, extra: str, purpose: str) -> None:
+        super().__init__(
+            f"{purpose} needs the package '{package}', which is not installed; "
+            f"install it with: pip install \"onnx-rmpe[{extra}]\""
+        )
+
+
+@dataclass(frozen=True)
+class OffendingNode:
+    """One node that blocks conversion, with the reason and (where one exists) the fix."""
+
+    name: str
+    op_type: str
+    domain: str
+    reason: str
+    fix: str = ""
+
+    def describe(self) -> str:
+        op = f"{self.domain}::{self.op_type}" if self.domain not in ("", "ai.onnx") else self.op_type
+        text = f"node '{self.name}' ({op}): {self.reason}"
+        return f"{text}; fix: {self.fix}" if self.fix else text
+
+
+class UnsupportedOpError(ConversionError):
+    """The graph holds nodes the converter cannot turn into a spiking network."""
+
+    def __init__(self, nodes: Sequence[OffendingNode], supported: Iterable[str]) -> None:
+        self.nodes = list(nodes)
+        self.supported = sorted(supported)
+        lines = [f"{len(self.nodes)} node(s) cannot be converted to a spiking network:"]
+        lines += [f"  - {n.describe()}" for n in self.nodes]
+        lines.append("supported ops: " + ", ".join(self.supported))
+        super().__init__("\n".join(lines))
+
+
+class PassError(ConversionError):
+    """A pass failed on a graph it accepted; names the pass and the ones that ran before."""
+
+    def __init__(self, pass_name: str, before: Sequence[str], cause: Exception) -> None:
+        ran = ", ".join(before) if before else "none"
+        super().__init__(f"pass '{pass_name}' failed (passes run before it: {ran}): {cause}")
+        self.pass_name = pass_name

@@ -1,0 +1,212 @@
+"""Model loading, checking and saving.
+
+Loading checks the file, reads external weights, brings the default-domain opset into
+the range the converter writes (17 to 21), gives the graph inputs and outputs a symbolic
+batch dimension and runs shape inference. Saving writes IR version 10 atomically (a
+temporary file renamed into place), so a failed run leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import version_converter
+
+from onnx_rmpe.errors import ModelLoadError
+from onnx_rmpe.runtime.neurons import DOMAIN, DOMAIN_VERSION, IF_OP, QCFS_OP, function_for
+
+logger = logging.getLogger(__name__)
+
+MIN_OPSET, MAX_OPSET = 17, 21
+IR_VERSION = 10
+BATCH_DIM = "N"
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read and check an ONNX model file (external ``.data`` weights included)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(str(path), "no such file")
+    try:
+        model = onnx.load(str(path), load_external_data=True)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises many types
+        raise ModelLoadError(str(path), f"not an ONNX model ({type(exc).__name__}: {exc})") from None
+    if not model.graph.node:
+        raise ModelLoadError(str(path), "the file parsed, but holds no graph nodes (is it ONNX?)")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ModelLoadError(str(path), f"onnx.checker rejects it: {first}") from None
+    return model
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    return 0
+
+
+def neuron_attributes(model: onnx.ModelProto, op_type: str) -> dict[str, float | int]:
+    """The model-wide attributes of the ``op_type`` nodes (all nodes must agree)."""
+    found: dict[str, float | int] = {}
+    for node in model.graph.node:
+        if node.domain != DOMAIN or node.op_type != op_type:
+            continue
+        for attr in node.attribute:
+            value = onnx.helper.get_attribute_value(attr)
+            if found.setdefault(attr.name, value) != value:
+                raise ModelLoadError(
+                    model.graph.name or "<model>",
+                    f"{op_type} nodes disagree on '{attr.name}' ({found[attr.name]} vs "
+                    f"{value} at node '{node.name}'); one value per model is supported",
+                )
+    return found
+
+
+def ensure_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Attach the onnx_rmpe function definitions (and domain import) a model uses."""
+    used = {n.op_type for n in model.graph.node if n.domain == DOMAIN}
+    if not used:
+        return model
+    opset = default_opset(model)
+    keep = [f for f in model.functions if f.domain != DOMAIN]
+    del model.functions[:]
+    model.functions.extend(keep)
+    for op_type in sorted(used):
+        model.functions.append(function_for(op_type, opset, neuron_attributes(model, op_type)))
+    if not any(imp.domain == DOMAIN for imp in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    return model
+
+
+def normalize_opset(model: onnx.ModelProto, path: str = "<model>") -> onnx.ModelProto:
+    """Bring the default-domain opset into [17, 21] with onnx's version converter."""
+    opset = default_opset(model)
+    if MIN_OPSET <= opset <= MAX_OPSET:
+        return model
+    target = MIN_OPSET if opset < MIN_OPSET else MAX_OPSET
+    logger.info("converting opset %d to %d", opset, target)
+    custom = [n for n in model.graph.node if n.domain == DOMAIN]
+    try:
+        if custom:  # the version converter does not know our domain: convert around it
+            return _convert_with_custom(model, target)
+        return version_converter.convert_version(model, target)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(path, f"cannot convert opset {opset} to {target}: {exc}") from None
+
+
+def _convert_with_custom(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
+    del model.functions[:]
+    keep = [imp for imp in model.opset_import if imp.domain in ("", "ai.onnx")]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+    model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    converted = version_converter.convert_version(model, target)
+    return ensure_functions(converted)
+
+
+def set_symbolic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every graph input and output a symbolic first dimension and drop stale shapes."""
+    init_names = {i.name for i in model.graph.initializer}
+    for vi in list(model.graph.input) + list(model.graph.output):
+        if vi.name in init_names:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) > 0:
+            dims[0].Clear()
+            dims[0].dim_param = BATCH_DIM
+    del model.graph.value_info[:]
+    return model
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as exc:  # noqa: BLE001 - shape inference is a help, not a must
+        logger.debug("shape inference failed: %s", exc)
+        return model
+
+
+def prepare(model: onnx.ModelProto, path: str = "<model>") -> onnx.ModelProto:
+    """Everything a loaded model needs before the passes: opset, batch, shapes."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    model = ensure_functions(model)
+    model = normalize_opset(model, path)
+    model = set_symbolic_batch(model)
+    return infer_shapes(model)
+
+
+def to_graph(model: onnx.ModelProto) -> gs.Graph:
+    return gs.import_onnx(model)
+
+
+def to_model(graph: gs.Graph, *, opset: int | None = None, keep_shapes: bool = False,
+             metadata: dict[str, str] | None = None) -> onnx.ModelProto:
+    """Export a graph as a checked, self-contained model: IR 10, neuron functions attached."""
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    if not keep_shapes:
+        outputs = set(map(id, graph.outputs)) | set(map(id, graph.inputs))
+        for tensor in graph.tensors().values():
+            if isinstance(tensor, gs.Variable) and id(tensor) not in outputs:
+                tensor.shape = None
+    if opset is not None:
+        graph.opset = opset
+    graph.functions = []
+    model = gs.export_onnx(graph, do_type_check=False)
+    del model.functions[:]
+    del model.graph.value_info[:]
+    model.ir_version = IR_VERSION
+    imports = [i for i in model.opset_import if i.domain not in (DOMAIN,)]
+    del model.opset_import[:]
+    model.opset_import.extend(imports)
+    model = ensure_functions(model)
+    for key, value in (metadata or {}).items():
+        set_metadata(model, key, value)
+    return model
+
+
+def set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
+    for prop in model.metadata_props:
+        if prop.key == key:
+            prop.value = value
+            return
+    model.metadata_props.add(key=key, value=value)
+
+
+def get_metadata(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Check and write a model atomically; nothing is left at ``path`` if this fails."""
+    path = Path(path)
+    onnx.checker.check_model(model, full_check=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(model.SerializeToString())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def uses_op(model: onnx.ModelProto, op_type: str) -> bool:
+    return any(n.domain == DOMAIN and n.op_type == op_type for n in model.graph.node)
+
+
+def is_snn(model: onnx.ModelProto) -> bool:
+    return uses_op(model, IF_OP)
+
+
+def is_qcfs(model: onnx.ModelProto) -> bool:
+    return uses_op(model, QCFS_OP) and not is_snn(model)
