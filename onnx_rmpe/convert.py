@@ -10,17 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 
 from onnx_rmpe import __version__
+from onnx_rmpe.calibrate import CalibrationResult, calibrate
 from onnx_rmpe.data import Dataset, check_fits, load_data
-from onnx_rmpe.errors import ConversionError, DataError, OptionError
+from onnx_rmpe.errors import ConversionError, OptionError
 from onnx_rmpe.modelio import (
     default_opset,
     get_metadata,
     load_model,
     prepare,
     save_model,
+    set_metadata,
     to_graph,
     to_model,
 )
@@ -48,7 +49,7 @@ class ConversionResult:
     thresholds: dict[str, float]
     output_path: Path | None = None
     qcfs_path: Path | None = None
-    calibration: object | None = None
+    calibration: CalibrationResult | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -129,29 +130,38 @@ def qcfs_to_snn(qcfs: onnx.ModelProto, *, T: int, phi: float = DEFAULT_PHI) -> o
 
 def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
             output: str | os.PathLike | None = None, levels: int = 8, percentile: float = 99.9,
-            calib_samples: int | None = 512, batch_size: int = 128, rmpe: bool = False,
+            calib_samples: int | None = 512, batch_size: int = 128, rmpe: bool = True,
+            rmpe_granularity: str = "neuron", rmpe_sweeps: int = 1,
             save_qcfs: str | os.PathLike | None = None, threads: int | None = None,
-            device: str = "cpu") -> ConversionResult:
-    """Convert an ONNX ANN into a multi-step IF-neuron SNN.
+            device: str = "cpu", progress: bool = False) -> ConversionResult:
+    """Convert an ONNX ANN into a multi-step IF-neuron SNN, RMPE-calibrated for ``T``.
 
-    ``calib`` (path, array, ``(x, y)`` or :class:`Dataset`) gives the QCFS thresholds.
-    ``output`` (if given) receives the SNN; ``save_qcfs`` the QCFS ANN. Nothing is written
-    unless the whole conversion succeeds.
+    ``calib`` (path, array, ``(x, y)`` or :class:`Dataset`; the first ``calib_samples``
+    are used) gives the QCFS thresholds of ReLU layers and the RMPE calibration; a model
+    that is already QCFS needs it only for RMPE (``rmpe=False`` skips it). ``output`` (if
+    given) receives the SNN; ``save_qcfs`` the QCFS ANN. Nothing is written unless the
+    whole conversion succeeds.
     """
     start = time.perf_counter()
     _check_options(T, levels, percentile, calib_samples, batch_size)
-    if rmpe:
-        raise OptionError("--rmpe", "RMPE calibration is not available yet in this version")
+    if rmpe and calib is None:
+        raise OptionError("--calib", "RMPE calibration needs calibration data; give --calib "
+                                     "(an .npz with array 'x') or turn it off with --no-rmpe")
     proto, source = _load(model)
     data = load_data(calib).head(calib_samples) if calib is not None else None
     qcfs, thresholds = build_qcfs(proto, data, levels=levels, percentile=percentile,
                                   batch_size=batch_size, threads=threads, device=device,
                                   source=source)
     snn = qcfs_to_snn(qcfs, T=T)
+    calibration = None
+    if rmpe:
+        calibration = calibrate(snn, qcfs, data, batch_size=batch_size,
+                                granularity=rmpe_granularity, sweeps=rmpe_sweeps,
+                                threads=threads, device=device, progress=progress)
+        snn = calibration.snn
     if data is not None:
-        from onnx_rmpe.modelio import set_metadata
         set_metadata(snn, "onnx_rmpe.calib_samples", str(len(data)))
-    result = ConversionResult(snn, qcfs, T, levels, thresholds)
+    result = ConversionResult(snn, qcfs, T, levels, thresholds, calibration=calibration)
     if save_qcfs is not None:
         result.qcfs_path = save_model(qcfs, save_qcfs)
     if output is not None:
@@ -162,4 +172,4 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     return result
 
 
-__all__ = ["ConversionResult", "build_qcfs", "convert", "qcfs_to_snn", "DataError"]
+__all__ = ["ConversionResult", "build_qcfs", "convert", "qcfs_to_snn"]

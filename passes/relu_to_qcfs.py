@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
-
-from onnx_rmpe.errors import ConversionError
 from onnx_rmpe.passes.base import PassResult, const_value
 from onnx_rmpe.runtime.neurons import DEFAULT_PHI, DOMAIN, QCFS_OP
+
+from onnx_rmpe.errors import ConversionError
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,207 @@
+"""RMPE calibration: layer-by-layer correction of the residual membrane potential error.
+
+For each IF layer ``l`` in topological order, with layers ``1..l-1`` already calibrated:
+
+1. run the QCFS ANN once over the calibration set for the targets ``E[a_ANN]`` (all layers
+   in one pass, running sums only);
+2. run segment ``l`` (see :mod:`onnx_rmpe.runtime.segments`) on the cached calibrated
+   spikes of the layers it reads, simulate the neuron (bit-identical numpy IF) and sum
+   ``r_SNN = theta * N(T) / T``;
+3. set ``v_init_l += T * (E[a_ANN] - E[r_SNN])`` per neuron (or per channel);
+4. run the segment again with the new ``v_init`` and cache the layer's spikes (bool, on
+   disk) for the layers that read them; drop caches no later layer needs.
+
+Cost: one ANN pass plus two passes of each segment, about 2-3 SNN passes in all; memory:
+running sums plus the spike caches of the open layers, memory-mapped from a temporary
+directory, so RAM does not grow with the number of samples.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from onnx_rmpe.data import Dataset, check_fits, load_data
+from onnx_rmpe.errors import ConversionError, OptionError
+from onnx_rmpe.modelio import get_metadata, set_metadata, to_graph, to_model
+from onnx_rmpe.passes.rmpe import if_nodes, set_initial_potentials
+from onnx_rmpe.runtime.neurons import DEFAULT_PHI, if_reference
+from onnx_rmpe.runtime.progress import progress_bar
+from onnx_rmpe.runtime.segments import Layer, Segment, segments
+from onnx_rmpe.runtime.session import batches, make_session
+from onnx_rmpe.runtime.statistics import expose_outputs
+
+logger = logging.getLogger(__name__)
+
+GRANULARITIES = ("neuron", "channel")
+
+
+@dataclass
+class LayerReport:
+    """Per-layer calibration figures (errors in activation units, mean over neurons)."""
+
+    name: str
+    neurons: int
+    error_before: float
+    error_after: float
+    firing_rate: float
+    mean_abs_v_init: float
+
+
+@dataclass
+class CalibrationResult:
+    snn: onnx.ModelProto
+    layers: list[LayerReport] = field(default_factory=list)
+    T: int = 0
+    samples: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {"T": self.T, "samples": self.samples, "seconds": round(self.seconds, 3),
+                "layers": [vars(layer) for layer in self.layers]}
+
+
+def _snn_settings(snn: onnx.ModelProto) -> tuple[int, float]:
+    nodes = if_nodes(to_graph(snn))
+    if not nodes:
+        raise ConversionError("the model has no IFNeuron node: calibrate a converted SNN")
+    return int(nodes[0].attrs["T"]), float(nodes[0].attrs.get("phi", DEFAULT_PHI))
+
+
+def calibrate(snn: onnx.ModelProto, qcfs: onnx.ModelProto, data, *, samples: int | None = None,
+              batch_size: int = 128, granularity: str = "neuron", sweeps: int = 1,
+              threads: int | None = None, device: str = "cpu",
+              progress: bool = False) -> CalibrationResult:
+    """Calibrate the initial potentials of ``snn`` against its QCFS ANN on ``data``.
+
+    ``snn`` and ``qcfs`` come from :func:`onnx_rmpe.convert` (the layers are matched by
+    node name). Any ``v_init`` already in ``snn`` is replaced. ``sweeps > 1`` repeats the
+    front-to-back sweep, each time measuring with the corrections found so far.
+    """
+    start = time.perf_counter()
+    if granularity not in GRANULARITIES:
+        raise OptionError("--rmpe-granularity", f"'{granularity}' is not one of {GRANULARITIES}")
+    if sweeps < 1:
+        raise OptionError("--rmpe-sweeps", f"must be at least 1, got {sweeps}")
+    ds = load_data(data).head(samples)
+    check_fits(ds, qcfs)
+    T, phi = _snn_settings(snn)
+    segs = segments(snn)
+    targets = _ann_means(qcfs, ds, [s.layer.name for s in segs], batch_size, threads, device)
+    v_inits = {s.layer.name: np.zeros((), np.float32) for s in segs}
+    with tempfile.TemporaryDirectory(prefix="onnx-rmpe-") as cache_dir, \
+            progress_bar(progress, "RMPE") as bar:
+        for sweep in range(sweeps):
+            reports = _sweep(segs, ds, targets, v_inits, T, phi, granularity, batch_size,
+                             threads, device, cache_dir, bar, sweep)
+    graph = to_graph(snn)
+    set_initial_potentials(graph, v_inits=v_inits)
+    meta = get_metadata(snn)
+    out = to_model(graph, metadata=meta)
+    for key, value in {"onnx_rmpe.rmpe": "layerwise", "onnx_rmpe.rmpe_T": str(T),
+                       "onnx_rmpe.rmpe_samples": str(len(ds)),
+                       "onnx_rmpe.rmpe_granularity": granularity,
+                       "onnx_rmpe.rmpe_sweeps": str(sweeps)}.items():
+        set_metadata(out, key, value)
+    result = CalibrationResult(out, reports, T, len(ds), time.perf_counter() - start)
+    logger.info("RMPE calibration of %d layer(s) on %d samples, T=%d: %.1fs", len(segs),
+                len(ds), T, result.seconds)
+    return result
+
+
+def _ann_means(qcfs: onnx.ModelProto, ds: Dataset, names: list[str], batch_size: int,
+               threads: int | None, device: str) -> dict[str, np.ndarray]:
+    """E[a_ANN] per neuron for every QCFS node (matched to IF layers by node name)."""
+    nodes = {n.name: n.output[0] for n in qcfs.graph.node}
+    missing = [n for n in names if n not in nodes]
+    if missing:
+        raise ConversionError(f"the QCFS model has no node named {', '.join(missing)}: "
+                              "give the QCFS model the SNN was converted from")
+    outputs = [nodes[n] for n in names]
+    session = make_session(expose_outputs(qcfs, outputs), threads=threads, device=device)
+    input_name = session.get_inputs()[0].name
+    sums: dict[str, np.ndarray] = {}
+    for sl in batches(len(ds), batch_size):
+        for name, value in zip(names, session.run(outputs, {input_name: ds.x[sl]})):
+            total = value.sum(0, dtype=np.float64)
+            sums[name] = sums[name] + total if name in sums else total
+    return {name: s / len(ds) for name, s in sums.items()}
+
+
+def _sweep(segs: list[Segment], ds: Dataset, targets, v_inits, T, phi, granularity, batch_size,
+           threads, device, cache_dir, bar, sweep) -> list[LayerReport]:
+    caches: dict[str, np.ndarray] = {}
+    thetas = {s.layer.spikes: s.layer.theta for s in segs}
+    last_use = {name: i for i, s in enumerate(segs) for name in s.spike_inputs}
+    reports = []
+    for i, seg in enumerate(segs):
+        layer = seg.layer
+        session = make_session(seg.model, threads=threads, device=device)
+        task = bar.add_task(f"sweep {sweep + 1}: {layer.name}", total=2 * len(ds))
+        feed = _Feeder(seg, session, ds, caches, thetas, T)
+        rate = _measure(feed, layer, v_inits[layer.name], T, phi, batch_size, bar, task)
+        error = targets[layer.name] - rate
+        delta = T * error
+        if granularity == "channel" and delta.ndim > 1:
+            delta = delta.mean(axis=tuple(range(1, delta.ndim)), keepdims=True)
+        v_inits[layer.name] = (v_inits[layer.name] + delta).astype(np.float32)
+        if last_use.get(layer.spikes, -1) > i:
+            caches[layer.spikes] = _new_cache(cache_dir, layer.name, (T, len(ds)) + rate.shape)
+        rate_after, fired = _measure(feed, layer, v_inits[layer.name], T, phi, batch_size, bar,
+                                     task, cache=caches.get(layer.spikes), count=True)
+        reports.append(LayerReport(layer.name, int(rate.size), float(np.abs(error).mean()),
+                                   float(np.abs(targets[layer.name] - rate_after).mean()),
+                                   fired, float(np.abs(v_inits[layer.name]).mean())))
+        for name in [n for n, last in last_use.items() if last == i and n in caches]:
+            del caches[name]
+        bar.remove_task(task)
+    return reports
+
+
+class _Feeder:
+    """Feeds a segment batch by batch: the raw input and/or cached spikes (as theta * s)."""
+
+    def __init__(self, seg: Segment, session, ds: Dataset, caches, thetas, T: int) -> None:
+        self.seg, self.session, self.ds, self.caches, self.T = seg, session, ds, caches, T
+        self.thetas = thetas
+        self.input_name = session.get_inputs()[0].name if seg.needs_input else None
+
+    def current(self, sl: slice) -> np.ndarray:
+        feed = {}
+        if self.seg.needs_input:
+            feed[self.input_name] = self.ds.x[sl]
+        for name in self.seg.spike_inputs:
+            spikes = np.asarray(self.caches[name][:, sl])
+            feed[name] = (spikes.astype(np.float32) * self.thetas[name]).reshape(
+                (-1,) + spikes.shape[2:])
+        x = self.session.run([self.seg.layer.current], feed)[0]
+        return x.reshape((self.T, -1) + x.shape[1:])
+
+
+def _measure(feed: _Feeder, layer: Layer, v_init, T, phi, batch_size, bar, task, cache=None,
+             count=False):
+    total, spikes_total = None, 0
+    for sl in batches(len(feed.ds), batch_size):
+        x = feed.current(sl)
+        spikes, _ = if_reference(x, layer.theta, v_init, phi)
+        fired = spikes.sum(0, dtype=np.float64)
+        total = fired.sum(0) if total is None else total + fired.sum(0)
+        spikes_total += fired.sum()
+        if cache is not None:
+            cache[:, sl] = spikes
+        bar.advance(task, sl.stop - sl.start)
+    rate = total * float(layer.theta) / (T * len(feed.ds))
+    if count:
+        return rate, float(spikes_total / (T * len(feed.ds) * rate.size))
+    return rate
+
+
+def _new_cache(cache_dir: str, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    path = os.path.join(cache_dir, f"{abs(hash(name))}.npy")
+    return np.lib.format.open_memmap(path, mode="w+", dtype=bool, shape=shape)
