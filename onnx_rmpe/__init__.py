@@ -1,5 +1,22 @@
-"""onnx-rmpe: ONNX ANN to ultra-low-latency spiking network converter (QCFS + RMPE)."""
+"""onnx-rmpe: ONNX ANN to ultra-low-latency spiking network converter (QCFS + RMPE).
+
+Public pipeline functions (one per job)::
+
+    from onnx_rmpe import convert, calibrate, evaluate, inspect_model
+    result = convert("model.onnx", T=4, calib="calib.npz", output="model.snn.onnx")
+"""
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+from onnx_rmpe.calibrate import CalibrationResult, calibrate  # noqa: E402
+from onnx_rmpe.convert import ConversionResult, convert  # noqa: E402
+from onnx_rmpe.errors import ConversionError, UnsupportedOpError  # noqa: E402
+from onnx_rmpe.evaluate import EvaluationResult, evaluate  # noqa: E402
+from onnx_rmpe.inspect import ModelInfo, inspect_model  # noqa: E402
+
+__all__ = [
+    "CalibrationResult", "ConversionError", "ConversionResult", "EvaluationResult", "ModelInfo",
+    "UnsupportedOpError", "calibrate", "convert", "evaluate", "inspect_model", "__version__",
+]

@@ -23,13 +23,21 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
 
 from onnx_rmpe.data import Dataset, check_fits, load_data
 from onnx_rmpe.errors import ConversionError, OptionError
-from onnx_rmpe.modelio import get_metadata, set_metadata, to_graph, to_model
+from onnx_rmpe.modelio import (
+    get_metadata,
+    load_model,
+    save_model,
+    set_metadata,
+    to_graph,
+    to_model,
+)
 from onnx_rmpe.passes.rmpe import if_nodes, set_initial_potentials
 from onnx_rmpe.runtime.neurons import DEFAULT_PHI, if_reference
 from onnx_rmpe.runtime.progress import progress_bar
@@ -61,6 +69,7 @@ class CalibrationResult:
     T: int = 0
     samples: int = 0
     seconds: float = 0.0
+    output_path: Path | None = None
 
     def as_dict(self) -> dict:
         return {"T": self.T, "samples": self.samples, "seconds": round(self.seconds, 3),
@@ -74,17 +83,23 @@ def _snn_settings(snn: onnx.ModelProto) -> tuple[int, float]:
     return int(nodes[0].attrs["T"]), float(nodes[0].attrs.get("phi", DEFAULT_PHI))
 
 
-def calibrate(snn: onnx.ModelProto, qcfs: onnx.ModelProto, data, *, samples: int | None = None,
-              batch_size: int = 128, granularity: str = "neuron", sweeps: int = 1,
+def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | str | os.PathLike,
+              data, *, samples: int | None = None, batch_size: int = 128,
+              granularity: str = "neuron", sweeps: int = 1, output: str | os.PathLike | None = None,
               threads: int | None = None, device: str = "cpu",
               progress: bool = False) -> CalibrationResult:
     """Calibrate the initial potentials of ``snn`` against its QCFS ANN on ``data``.
 
-    ``snn`` and ``qcfs`` come from :func:`onnx_rmpe.convert` (the layers are matched by
-    node name). Any ``v_init`` already in ``snn`` is replaced. ``sweeps > 1`` repeats the
-    front-to-back sweep, each time measuring with the corrections found so far.
+    ``snn`` and ``qcfs`` (models or paths) come from :func:`onnx_rmpe.convert`; layers are
+    matched by node name. Any ``v_init`` already in ``snn`` is replaced. ``sweeps > 1``
+    repeats the front-to-back sweep, each time measuring with the corrections found so far.
+    ``output`` (if given) receives the calibrated SNN, written only on success.
     """
     start = time.perf_counter()
+    snn = snn if isinstance(snn, onnx.ModelProto) else load_model(snn)
+    qcfs = qcfs if isinstance(qcfs, onnx.ModelProto) else load_model(qcfs)
+    if samples is not None and samples < 1:
+        raise OptionError("--calib-samples", f"must be at least 1, got {samples}")
     if granularity not in GRANULARITIES:
         raise OptionError("--rmpe-granularity", f"'{granularity}' is not one of {GRANULARITIES}")
     if sweeps < 1:
@@ -110,6 +125,8 @@ def calibrate(snn: onnx.ModelProto, qcfs: onnx.ModelProto, data, *, samples: int
                        "onnx_rmpe.rmpe_sweeps": str(sweeps)}.items():
         set_metadata(out, key, value)
     result = CalibrationResult(out, reports, T, len(ds), time.perf_counter() - start)
+    if output is not None:
+        result.output_path = save_model(out, output)
     logger.info("RMPE calibration of %d layer(s) on %d samples, T=%d: %.1fs", len(segs),
                 len(ds), T, result.seconds)
     return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -161,6 +162,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
         snn = calibration.snn
     if data is not None:
         set_metadata(snn, "onnx_rmpe.calib_samples", str(len(data)))
+    set_metadata(snn, "onnx_rmpe.thresholds", json.dumps(thresholds))
     result = ConversionResult(snn, qcfs, T, levels, thresholds, calibration=calibration)
     if save_qcfs is not None:
         result.qcfs_path = save_model(qcfs, save_qcfs)

@@ -1,0 +1,114 @@
+"""The built-in example: a small CNN on scikit-learn's digits, trained, exported, converted.
+
+Needs the ``torch`` extra (torch and scikit-learn); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnx_rmpe.convert import build_qcfs, convert, qcfs_to_snn
+from onnx_rmpe.data import Dataset
+from onnx_rmpe.errors import MissingDependencyError
+from onnx_rmpe.evaluate import evaluate
+
+logger = logging.getLogger(__name__)
+
+DEMO_STEPS = (1, 2, 4, 8, 16, 32)
+
+
+@dataclass
+class DemoResult:
+    ann_accuracy: float
+    qcfs_accuracy: float
+    plain: dict[int, float] = field(default_factory=dict)
+    rmpe: dict[int, float] = field(default_factory=dict)
+    snn_path: Path | None = None
+    files: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _need(module: str, package: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise MissingDependencyError(package, "torch", "the demo") from None
+
+
+def digits_split(seed: int = 0) -> tuple[Dataset, Dataset]:
+    """Digits (1797 8x8 images scaled to [0, 1], NCHW): 1400 for training, the rest held out."""
+    _need("sklearn", "scikit-learn")
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[:, None]
+    idx = np.random.default_rng(seed).permutation(len(x))
+    x, y = x[idx], d.target[idx].astype(np.int64)
+    return Dataset(x[:1400], y[:1400], "digits-train"), Dataset(x[1400:], y[1400:], "digits-test")
+
+
+def train_digits_cnn(train: Dataset, *, epochs: int = 20, seed: int = 0) -> onnx.ModelProto:
+    """Train a small VGG-like CNN (Conv-BN-ReLU, AvgPool) with torch and export it to ONNX."""
+    torch = _need("torch", "torch")
+    nn = torch.nn
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Flatten(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+    x, y = torch.tensor(train.x), torch.tensor(train.y)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        net.train()
+        for idx in torch.randperm(len(x), generator=gen).split(64):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
+            opt.step()
+    net.eval()
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, x[:1], buf, dynamo=False, input_names=["image"],
+                          output_names=["logits"],
+                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+    return onnx.load_from_string(buf.getvalue())
+
+
+def run_demo(out_dir: str | Path = "onnx-rmpe-demo", *, T: int = 4, levels: int = 8,
+             epochs: int = 20, seed: int = 0, progress: bool = False) -> DemoResult:
+    """Train, export, convert and evaluate; writes the models and data to ``out_dir``."""
+    start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train, test = digits_split(seed)
+    ann = train_digits_cnn(train, epochs=epochs, seed=seed)
+    ann_path = out / "digits_cnn.onnx"
+    onnx.save(ann, str(ann_path))
+    np.savez(out / "calib.npz", x=train.x[:512], y=train.y[:512])
+    np.savez(out / "test.npz", x=test.x, y=test.y)
+    result = DemoResult(evaluate(ann, test).accuracy, 0.0)
+    calib = train.head(512)
+    qcfs, _ = build_qcfs(ann, calib, levels=levels)
+    result.qcfs_accuracy = evaluate(qcfs, test).accuracy
+    plain = evaluate(qcfs_to_snn(qcfs, T=max(DEMO_STEPS)), test, steps=list(DEMO_STEPS))
+    result.plain = dict(zip(plain.steps, plain.accuracy_per_step))
+    for steps in DEMO_STEPS:
+        snn = convert(ann, T=steps, calib=calib, levels=levels, progress=progress).snn
+        result.rmpe[steps] = evaluate(snn, test).accuracy
+    snn_path = out / "digits_cnn.snn.onnx"
+    convert(ann_path, T=T, calib=calib, levels=levels, output=snn_path,
+            save_qcfs=out / "digits_cnn.qcfs.onnx")
+    result.snn_path = snn_path
+    result.files = sorted(out.iterdir())
+    result.seconds = time.perf_counter() - start
+    return result

@@ -1,0 +1,90 @@
+"""Evaluation: accuracy of an ANN, or of an SNN at every time step, with onnxruntime."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import onnx
+
+from onnx_rmpe.data import check_fits, load_data
+from onnx_rmpe.errors import ConversionError, OptionError
+from onnx_rmpe.modelio import get_metadata, is_qcfs, is_snn, load_model
+from onnx_rmpe.passes.qcfs_to_if import PER_STEP_SUFFIX
+from onnx_rmpe.runtime.metrics import AccuracyCounter
+from onnx_rmpe.runtime.progress import progress_bar
+from onnx_rmpe.runtime.session import active_provider, batches, make_session
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvaluationResult:
+    """Top-1 accuracy; for an SNN also the accuracy after every step (``steps``)."""
+
+    kind: str
+    samples: int
+    accuracy: float
+    provider: str
+    seconds: float
+    T: int | None = None
+    steps: list[int] = field(default_factory=list)
+    accuracy_per_step: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {k: (round(v, 3) if k == "seconds" else v) for k, v in vars(self).items()}
+
+
+def evaluate(model: str | os.PathLike | onnx.ModelProto, data, *,
+             steps: list[int] | None = None, batch_size: int = 256, samples: int | None = None,
+             threads: int | None = None, device: str = "cpu",
+             progress: bool = False) -> EvaluationResult:
+    """Accuracy of ``model`` on labelled ``data`` (path, ``(x, y)`` or Dataset).
+
+    For an SNN, the accuracy after each step comes from its ``<output>_per_step`` output;
+    ``steps`` selects which steps to report (default: all).
+    """
+    start = time.perf_counter()
+    proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    ds = load_data(data, require_labels=True).head(samples)
+    check_fits(ds, proto)
+    snn = is_snn(proto)
+    kind = "snn" if snn else ("qcfs" if is_qcfs(proto) else "ann")
+    session = make_session(proto, threads=threads, device=device)
+    out_names = [o.name for o in session.get_outputs()]
+    wanted = out_names[0]
+    if snn:
+        wanted = out_names[0] + PER_STEP_SUFFIX
+        if wanted not in out_names:
+            raise ConversionError(f"SNN has no output '{wanted}' (per-step logits)")
+    counter = AccuracyCounter()
+    input_name = session.get_inputs()[0].name
+    with progress_bar(progress, "evaluate") as bar:
+        task = bar.add_task(kind, total=len(ds))
+        for sl in batches(len(ds), batch_size):
+            logits = session.run([wanted], {input_name: ds.x[sl]})[0]
+            counter.update(logits, ds.y[sl])
+            bar.advance(task, sl.stop - sl.start)
+    acc = counter.accuracy()
+    result = EvaluationResult(kind, len(ds), acc[-1], active_provider(session),
+                              time.perf_counter() - start)
+    if snn:
+        T = len(acc)
+        chosen = _steps(steps, T)
+        result.T, result.steps = T, chosen
+        result.accuracy_per_step = [acc[t - 1] for t in chosen]
+    meta = get_metadata(proto)
+    logger.info("evaluated %s (%s) on %d samples: %.4f", meta.get("onnx_rmpe.kind", kind),
+                result.provider, len(ds), result.accuracy)
+    return result
+
+
+def _steps(steps: list[int] | None, T: int) -> list[int]:
+    if not steps:
+        return list(range(1, T + 1))
+    bad = [t for t in steps if not 1 <= t <= T]
+    if bad:
+        raise OptionError("--T", f"steps {bad} are outside 1..{T} (the SNN was built for T={T})")
+    return sorted(set(steps))

@@ -1,0 +1,34 @@
+"""Metrics of model outputs: accuracy, per-step accuracy curves, spike-count energy."""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Energy per operation at 45 nm (Horowitz 2014): accumulate and multiply-accumulate.
+E_AC_PJ = 0.9
+E_MAC_PJ = 4.6
+
+
+class AccuracyCounter:
+    """Counts correct top-1 predictions batch by batch, for one output or per step."""
+
+    def __init__(self) -> None:
+        self.correct: np.ndarray | None = None
+        self.total = 0
+
+    def update(self, logits: np.ndarray, labels: np.ndarray) -> None:
+        """``logits`` is ``[N, K]`` or ``[T, N, K]`` (then one count per step)."""
+        hits = (logits.argmax(-1) == labels).sum(-1)
+        hits = np.atleast_1d(hits).astype(np.int64)
+        self.correct = hits if self.correct is None else self.correct + hits
+        self.total += len(labels)
+
+    def accuracy(self) -> list[float]:
+        if self.correct is None or self.total == 0:
+            return []
+        return [float(c) / self.total for c in self.correct]
+
+
+def energy_pj(synaptic_ops: float, macs: float = 0.0) -> float:
+    """Energy estimate: SOPs (accumulates) and MACs at 45 nm figures."""
+    return synaptic_ops * E_AC_PJ + macs * E_MAC_PJ

@@ -1,0 +1,161 @@
+"""The streaming SNN: one time step per call, membrane potentials as state.
+
+:func:`snn_to_streaming` turns a multi-step SNN (``convert(...).snn``) into the one-step
+model of :mod:`onnx_rmpe.passes.streaming`; :class:`StreamingRunner` steps it in
+onnxruntime, feeding each call's ``<state>_next`` outputs back as the next ``<state>``
+inputs. Initial state (the defaults stored in the model): ``<layer>.v = phi * theta +
+v_init`` (the calibrated per-neuron ``v_init`` included), every running sum (cumulative
+max pools, readouts) and the step counter ``step`` = 0.
+
+Example::
+
+    stream = snn_to_streaming(convert("ann.onnx", T=8, calib=x).snn)
+    runner = StreamingRunner(stream)
+    per_step = runner.run(x_batch, T=8)      # [T, N, K]: running mean after each step
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnx_rmpe.errors import ConversionError, OptionError
+from onnx_rmpe.modelio import (
+    BATCH_DIM,
+    default_opset,
+    get_metadata,
+    infer_shapes,
+    to_graph,
+    to_model,
+)
+from onnx_rmpe.passes.base import run_passes
+from onnx_rmpe.passes.streaming import NEXT_SUFFIX, STEP_STATE, STEP_SUFFIX, to_streaming
+from onnx_rmpe.runtime.session import make_session
+
+logger = logging.getLogger(__name__)
+
+
+def snn_to_streaming(snn: onnx.ModelProto) -> onnx.ModelProto:
+    """The one-step streaming model of a multi-step SNN (IR 10, the SNN's opset)."""
+    graph = run_passes(to_graph(snn), [("to_streaming", to_streaming)])
+    if not any(i.name.endswith(".v") for i in graph.inputs):
+        raise ConversionError("the model has no IFNeuron layer: it is not a multi-step SNN "
+                              "(convert the ANN first)")
+    meta = get_metadata(snn)
+    meta["onnx_rmpe.kind"] = "snn-streaming"
+    model = to_model(graph, opset=default_opset(snn), metadata=meta)
+    return _batch_state_shapes(model)
+
+
+def _batch_state_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Declare every state ``[N, ...]`` (the shape of its ``_next``) with a ``[1, ...]`` default."""
+    shapes = _value_shapes(infer_shapes(onnx.ModelProto.FromString(model.SerializeToString())))
+    inits = {i.name: i for i in model.graph.initializer}
+    for vi in model.graph.input:
+        if vi.name not in inits or vi.name == STEP_STATE:
+            continue
+        dims = shapes.get(f"{vi.name}{NEXT_SUFFIX}")
+        tensor = vi.type.tensor_type
+        if dims is None or not dims or any(d is None for d in dims[1:]):
+            if dims is None or dims:  # shape unknown: accept any shape
+                tensor.ClearField("shape")
+                logger.debug("state '%s': shape unknown, declared without one", vi.name)
+            continue
+        default = numpy_helper.to_array(inits[vi.name])
+        default = np.broadcast_to(default, [1] + dims[1:]).astype(np.float32)
+        inits[vi.name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(default), vi.name))
+        tensor.ClearField("shape")
+        tensor.shape.dim.add().dim_param = BATCH_DIM
+        for d in dims[1:]:
+            tensor.shape.dim.add().dim_value = d
+    declared = {vi.name: vi.type for vi in model.graph.input if vi.name in inits}
+    for vi in model.graph.output:
+        state = vi.name[:-len(NEXT_SUFFIX)] if vi.name.endswith(NEXT_SUFFIX) else None
+        if state in declared:
+            vi.type.CopyFrom(declared[state])
+    return model
+
+
+def _value_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    out = {}
+    for vi in list(model.graph.value_info) + list(model.graph.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    return out
+
+
+def initial_states(model: onnx.ModelProto, batch: int) -> dict[str, np.ndarray]:
+    """The start value of every state input, broadcast to ``batch`` (a fresh copy)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    states = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            value = numpy_helper.to_array(inits[vi.name])
+            shape = (batch, *value.shape[1:]) if value.ndim else value.shape
+            states[vi.name] = np.broadcast_to(value, shape).astype(np.float32)
+    return states
+
+
+class StreamingRunner:
+    """Steps a streaming model in onnxruntime, carrying the state between calls.
+
+    ``step(x)`` feeds the input of one time step (the same image every step for a static
+    input) and returns the model's first output after that step (the running mean of the
+    logits); ``outputs`` holds all outputs of the last step by name.
+    """
+
+    def __init__(self, model: onnx.ModelProto, *, device: str = "cpu",
+                 threads: int | None = None) -> None:
+        self.model = model
+        self.session = make_session(model, device=device, threads=threads)
+        init_names = {i.name for i in model.graph.initializer}
+        inputs = [i.name for i in self.session.get_inputs()]
+        self.data_inputs = [n for n in inputs if n not in init_names]
+        self.state_names = [n for n in inputs if n in init_names]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.outputs: dict[str, np.ndarray] = {}
+        self.states: dict[str, np.ndarray] = {}
+        self.t = 0
+        if len(self.data_inputs) != 1:
+            raise OptionError("model", f"StreamingRunner needs one data input, the model has "
+                                       f"{self.data_inputs}")
+
+    def reset(self, batch: int) -> None:
+        """Start over: every state at its initial value for ``batch`` samples."""
+        self.states = initial_states(self.model, batch)
+        self.t = 0
+
+    def step(self, x: np.ndarray) -> np.ndarray:
+        """Run one time step on ``x`` ``[N, ...]``; returns the first output."""
+        if not self.states or next(iter(self.states.values())).shape[:1] != x.shape[:1]:
+            if self.t:
+                raise OptionError("x", f"batch {len(x)} differs from the running batch; "
+                                       "call reset(batch) first")
+            self.reset(len(x))
+        feed = {self.data_inputs[0]: x, **self.states}
+        values = self.session.run(self.output_names, feed)
+        self.outputs = dict(zip(self.output_names, values))
+        self.states = {n: self.outputs[f"{n}{NEXT_SUFFIX}"] for n in self.state_names}
+        self.t += 1
+        return values[0]
+
+    def run(self, x: np.ndarray, T: int, *, output: str | None = None) -> np.ndarray:
+        """Reset, then ``T`` steps on ``x`` (static ``[N, ...]`` or per step ``[T, N, ...]``).
+
+        Returns ``[T, N, ...]``: ``output`` (default: the first) after each step.
+        """
+        per_step = x.ndim == len(self.session.get_inputs()[0].shape) + 1
+        self.reset(x.shape[1] if per_step else x.shape[0])
+        name = output or self.output_names[0]
+        out = []
+        for t in range(T):
+            self.step(x[t] if per_step else x)
+            out.append(self.outputs[name])
+        return np.stack(out)
+
+
+__all__ = ["STEP_SUFFIX", "StreamingRunner", "initial_states", "snn_to_streaming"]
