@@ -8,8 +8,11 @@ For each IF layer ``l`` in topological order, with layers ``1..l-1`` already cal
    spikes of the layers it reads, simulate the neuron (bit-identical numpy IF) and sum
    ``r_SNN = theta * N(T) / T``;
 3. set ``v_init_l += T * (E[a_ANN] - E[r_SNN])`` per neuron (or per channel);
-4. run the segment again with the new ``v_init`` and cache the layer's spikes (bool, on
-   disk) for the layers that read them; drop caches no later layer needs.
+4. run the segment again, simulating the neuron with the new and the old ``v_init``, keep
+   the new one only for neurons (channels) where it lowers ``|E[a_ANN] - E[r_SNN]|`` (the
+   closed form assumes a linear response that fails for neurons whose input barely
+   varies, as at T <= 2), and cache the layer's spikes (bool, on disk) for the layers
+   that read them; drop caches no later layer needs.
 
 Cost: one ANN pass plus two passes of each segment, about 2-3 SNN passes in all; memory:
 running sums plus the spike caches of the open layers, memory-mapped from a temporary
@@ -158,27 +161,49 @@ def _sweep(segs: list[Segment], ds: Dataset, targets, v_inits, T, phi, granulari
     last_use = {name: i for i, s in enumerate(segs) for name in s.spike_inputs}
     reports = []
     for i, seg in enumerate(segs):
-        layer = seg.layer
+        layer, target, v_prev = seg.layer, targets[seg.layer.name], v_inits[seg.layer.name]
         session = make_session(seg.model, threads=threads, device=device)
         task = bar.add_task(f"sweep {sweep + 1}: {layer.name}", total=2 * len(ds))
         feed = _Feeder(seg, session, ds, caches, thetas, T)
-        rate = _measure(feed, layer, v_inits[layer.name], T, phi, batch_size, bar, task)
-        error = targets[layer.name] - rate
-        delta = T * error
-        if granularity == "channel" and delta.ndim > 1:
-            delta = delta.mean(axis=tuple(range(1, delta.ndim)), keepdims=True)
-        v_inits[layer.name] = (v_inits[layer.name] + delta).astype(np.float32)
-        if last_use.get(layer.spikes, -1) > i:
-            caches[layer.spikes] = _new_cache(cache_dir, layer.name, (T, len(ds)) + rate.shape)
-        rate_after, fired = _measure(feed, layer, v_inits[layer.name], T, phi, batch_size, bar,
-                                     task, cache=caches.get(layer.spikes), count=True)
-        reports.append(LayerReport(layer.name, int(rate.size), float(np.abs(error).mean()),
-                                   float(np.abs(targets[layer.name] - rate_after).mean()),
-                                   fired, float(np.abs(v_inits[layer.name]).mean())))
+        (r_prev,) = _simulate(feed, layer, [v_prev], T, phi, batch_size, bar, task)
+        v_new = (v_prev + _granular(T * (target - r_prev), granularity)).astype(np.float32)
+        keep = last_use.get(layer.spikes, -1) > i
+        pair = [_new_cache(cache_dir, f"{layer.name}-{k}", (T, len(ds)) + r_prev.shape)
+                for k in range(2)] if keep else None
+        r_new, r_prev = _simulate(feed, layer, [v_new, v_prev], T, phi, batch_size, bar, task,
+                                  pair)
+        # A neuron keeps the correction only where it helps: the linear response assumed by
+        # the closed form fails for neurons whose input barely varies (e.g. at T <= 2).
+        better = _granular(np.abs(target - r_new), granularity) <= \
+            _granular(np.abs(target - r_prev), granularity)
+        v_inits[layer.name] = np.where(better, v_new, v_prev).astype(np.float32)
+        r_after = np.where(better, r_new, r_prev)
+        if keep:
+            caches[layer.spikes] = _merge(pair, better, batch_size)
+        reports.append(LayerReport(layer.name, int(r_prev.size),
+                                   float(np.abs(target - r_prev).mean()),
+                                   float(np.abs(target - r_after).mean()),
+                                   float(r_after.mean() / float(layer.theta)),
+                                   float(np.abs(v_inits[layer.name]).mean())))
         for name in [n for n, last in last_use.items() if last == i and n in caches]:
             del caches[name]
         bar.remove_task(task)
     return reports
+
+
+def _granular(values: np.ndarray, granularity: str) -> np.ndarray:
+    """Per neuron as is; per channel the mean over all but the channel axis (kept, size 1)."""
+    if granularity == "channel" and values.ndim > 1:
+        return values.mean(axis=tuple(range(1, values.ndim)), keepdims=True)
+    return values
+
+
+def _merge(pair: list[np.ndarray], better: np.ndarray, batch_size: int) -> np.ndarray:
+    """Spikes of the chosen initial potential per neuron: ``pair[0]`` where ``better``."""
+    chosen, other = pair
+    for sl in batches(chosen.shape[1], batch_size):
+        chosen[:, sl] = np.where(better, chosen[:, sl], other[:, sl])
+    return chosen
 
 
 class _Feeder:
@@ -201,24 +226,26 @@ class _Feeder:
         return x.reshape((self.T, -1) + x.shape[1:])
 
 
-def _measure(feed: _Feeder, layer: Layer, v_init, T, phi, batch_size, bar, task, cache=None,
-             count=False):
-    total, spikes_total = None, 0
+def _simulate(feed: _Feeder, layer: Layer, v_inits: list, T: int, phi: float,
+              batch_size: int, bar, task, caches: list[np.ndarray] | None = None):
+    """Run the layer over the data once for each initial potential in ``v_inits``.
+
+    Returns the mean rate per neuron (``theta * N(T) / T``) for each; writes the spike
+    trains to ``caches`` (one per initial potential) when given.
+    """
+    totals = [None] * len(v_inits)
     for sl in batches(len(feed.ds), batch_size):
         x = feed.current(sl)
-        spikes, _ = if_reference(x, layer.theta, v_init, phi)
-        fired = spikes.sum(0, dtype=np.float64)
-        total = fired.sum(0) if total is None else total + fired.sum(0)
-        spikes_total += fired.sum()
-        if cache is not None:
-            cache[:, sl] = spikes
+        for k, v_init in enumerate(v_inits):
+            spikes, _ = if_reference(x, layer.theta, v_init, phi)
+            fired = spikes.sum((0, 1), dtype=np.float64)
+            totals[k] = fired if totals[k] is None else totals[k] + fired
+            if caches is not None:
+                caches[k][:, sl] = spikes
         bar.advance(task, sl.stop - sl.start)
-    rate = total * float(layer.theta) / (T * len(feed.ds))
-    if count:
-        return rate, float(spikes_total / (T * len(feed.ds) * rate.size))
-    return rate
+    return [t * float(layer.theta) / (T * len(feed.ds)) for t in totals]
 
 
 def _new_cache(cache_dir: str, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    path = os.path.join(cache_dir, f"{abs(hash(name))}.npy")
+    path = os.path.join(cache_dir, f"{len(os.listdir(cache_dir))}.npy")
     return np.lib.format.open_memmap(path, mode="w+", dtype=bool, shape=shape)

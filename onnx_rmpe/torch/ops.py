@@ -8,13 +8,14 @@ inference time: Dropout is the identity and BatchNormalization uses its running 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper
 
+from onnx_rmpe.torch import spatial
 from onnx_rmpe.torch.qcfs import qcfs
 
 Tensor = torch.Tensor
@@ -38,110 +39,6 @@ def _axes(inputs: list, attrs: dict, idx: int) -> list[int] | None:
     if len(inputs) > idx and inputs[idx] is not None:
         return _ints(inputs[idx])
     return attrs.get("axes")
-
-
-def _spatial(attrs: dict, x: Tensor) -> tuple[int, list[int], list[int], list[int], list[int]]:
-    """``(dims, kernel, strides, dilations, pads)`` of a Conv or pool on ``x``."""
-    n = x.dim() - 2
-    kernel = list(attrs.get("kernel_shape", []))
-    strides = list(attrs.get("strides", [1] * n))
-    dil = list(attrs.get("dilations", [1] * n))
-    pads = list(attrs.get("pads", [0] * (2 * n)))
-    auto = attrs.get("auto_pad", "NOTSET")
-    if auto in ("SAME_UPPER", "SAME_LOWER"):
-        pads = [0] * (2 * n)
-        for i in range(n):
-            size = x.shape[2 + i]
-            out = -(-size // strides[i])
-            total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - size)
-            small, big = total // 2, total - total // 2
-            pads[i], pads[i + n] = (small, big) if auto == "SAME_UPPER" else (big, small)
-    elif auto == "VALID":
-        pads = [0] * (2 * n)
-    return n, kernel, strides, dil, pads
-
-
-def _torch_pads(pads: Sequence[int], n: int) -> list[int]:
-    """ONNX ``[b1..bn, e1..en]`` -> torch.nn.functional.pad order (last axis first)."""
-    out: list[int] = []
-    for i in reversed(range(n)):
-        out += [pads[i], pads[i + n]]
-    return out
-
-
-@handles("Conv")
-def conv(inputs, attrs):
-    x, w = inputs[0], inputs[1]
-    b = inputs[2] if len(inputs) > 2 else None
-    attrs = {"kernel_shape": list(w.shape[2:]), **attrs}
-    n, _, strides, dil, pads = _spatial(attrs, x)
-    fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[n]
-    if pads[:n] == pads[n:]:
-        return fn(x, w, b, strides, pads[:n], dil, attrs.get("group", 1))
-    return fn(F.pad(x, _torch_pads(pads, n)), w, b, strides, 0, dil, attrs.get("group", 1))
-
-
-def _ceil_extra(size: int, k: int, s: int, d: int, pb: int, pe: int, ceil: bool) -> int:
-    """Zeros to add at the end so the last ``ceil_mode`` window fits (0 if floor mode)."""
-    span = size + pb + pe - ((k - 1) * d + 1)
-    if not ceil or span % s == 0:
-        return 0
-    out = -(-span // s) + 1
-    if (out - 1) * s >= size + pb:  # the last window would start in the end padding
-        out -= 1
-    return max(0, (out - 1) * s + (k - 1) * d + 1 - (size + pb + pe))
-
-
-@handles("AveragePool")
-def average_pool(inputs, attrs):
-    x = inputs[0]
-    n, k, s, d, pads = _spatial(attrs, x)
-    ceil, include = bool(attrs.get("ceil_mode", 0)), bool(attrs.get("count_include_pad", 0))
-    extra = [_ceil_extra(x.shape[2 + i], k[i], s[i], d[i], pads[i], pads[i + n], ceil)
-             for i in range(n)]
-    fast = (pads[:n] == pads[n:] and all(p <= kk // 2 for p, kk in zip(pads, k))
-            and d == [1] * n and not any(extra) and (include or not any(pads)))
-    if fast:
-        fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[n]
-        return fn(x, k, s, pads[:n], False, include)
-    # general form: windowed sums (a depthwise conv with ones) over window counts
-    c = x.shape[1]
-    conv_fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[n]
-    ones = torch.ones((c, 1, *k), dtype=x.dtype, device=x.device)
-    full = [p for i in range(n) for p in (pads[i], pads[i + n] + extra[i])]
-    order = [v for i in reversed(range(n)) for v in full[2 * i:2 * i + 2]]
-    total = conv_fn(F.pad(x, order), ones, None, s, 0, d, c)
-    mask = torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype, device=x.device)
-    if include:  # the explicit padding counts, the ceil_mode overhang does not
-        mask = F.pad(mask, _torch_pads(pads, n), value=1.0)
-        order = [v for i in reversed(range(n)) for v in (0, extra[i])]
-    count = conv_fn(F.pad(mask, order), ones[:1], None, s, 0, d)
-    return total / count
-
-
-@handles("MaxPool")
-def max_pool(inputs, attrs):
-    x = inputs[0]
-    n, k, s, d, pads = _spatial(attrs, x)
-    ceil = bool(attrs.get("ceil_mode", 0))
-    fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[n]
-    if pads[:n] == pads[n:] and all(p <= kk // 2 for p, kk in zip(pads, k)):
-        return fn(x, k, s, pads[:n], d, ceil)
-    extra = [_ceil_extra(x.shape[2 + i], k[i], s[i], d[i], pads[i], pads[i + n], ceil)
-             for i in range(n)]
-    full = [p for i in range(n) for p in (pads[i], pads[i + n] + extra[i])]
-    order = [v for i in reversed(range(n)) for v in full[2 * i:2 * i + 2]]
-    return fn(F.pad(x, order, value=float("-inf")), k, s, 0, d, False)
-
-
-@handles("GlobalAveragePool")
-def global_average_pool(inputs, attrs):
-    return inputs[0].mean(dim=tuple(range(2, inputs[0].dim())), keepdim=True)
-
-
-@handles("GlobalMaxPool")
-def global_max_pool(inputs, attrs):
-    return inputs[0].amax(dim=tuple(range(2, inputs[0].dim())), keepdim=True)
 
 
 @handles("Gemm")
@@ -252,7 +149,7 @@ def pad(inputs, attrs):
         full[a], full[a + x.dim()] = pads[j], pads[j + k]
     mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}[
         attrs.get("mode", "constant")]
-    order = _torch_pads(full, x.dim())
+    order = spatial.torch_pads(full, x.dim())
     if mode == "constant":
         return F.pad(x, order, value=value)
     return F.pad(x, order[:2 * (x.dim() - 2)], mode=mode)
@@ -297,7 +194,7 @@ def slice_(inputs, attrs):
         ax = ax % x.dim()
         idx = range(*slice(st, en, sp).indices(x.shape[ax]))
         if sp > 0:
-            x = x.narrow(ax, idx.start, len(idx))
+            x = x[(slice(None),) * ax + (slice(idx.start, idx.stop, idx.step),)]
         else:
             x = x.index_select(ax, torch.tensor(list(idx), dtype=torch.long, device=x.device))
     return x
@@ -337,7 +234,7 @@ def gather(inputs, attrs):
     axis = attrs.get("axis", 0) % x.dim()
     idx = torch.where(idx < 0, idx + x.shape[axis], idx)
     out = x.index_select(axis, idx.reshape(-1))
-    return out.reshape(*x.shape[:axis], *idx.shape, *x.shape[axis + 1:])
+    return out.reshape((*x.shape[:axis], *idx.shape, *x.shape[axis + 1:]))
 
 
 @handles("Cast")
@@ -365,6 +262,11 @@ def expand(inputs, attrs):
 @handles("QCFS")
 def qcfs_op(inputs, attrs):
     return qcfs(inputs[0], inputs[1], int(attrs["levels"]), float(attrs.get("phi", 0.5)))
+
+
+HANDLERS.update({"Conv": spatial.conv, "AveragePool": spatial.average_pool,
+                 "MaxPool": spatial.max_pool, "GlobalAveragePool": spatial.global_average_pool,
+                 "GlobalMaxPool": spatial.global_max_pool})
 
 
 def torch_dtype(onnx_type: int) -> torch.dtype:

@@ -82,7 +82,7 @@ class QCFS(nn.Module):
         return qcfs(x, self.lam, self.levels, self.phi)
 
     def extra_repr(self) -> str:
-        return f"levels={self.levels}, phi={self.phi}, lam={float(self.lam):.4g}"
+        return f"levels={self.levels}, phi={self.phi}, lam={float(self.lam.detach()):.4g}"
 
 
 def export_opsets() -> dict[str, int]:

@@ -1,0 +1,118 @@
+"""RMPE calibration: rates meet the ANN means, v_init is wired, accuracy at T = 2 rises."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from onnx_rmpe.calibrate import calibrate
+from onnx_rmpe.convert import convert
+from onnx_rmpe.errors import OptionError
+from onnx_rmpe.modelio import get_metadata, to_graph, to_model
+from onnx_rmpe.passes.rmpe import if_nodes, set_initial_potentials
+from onnx_rmpe.runtime.neurons import if_reference
+from onnx_rmpe.runtime.segments import segments
+from onnx_rmpe.runtime.statistics import expose_outputs
+from tests.helpers import accuracy, export_torch, run, train
+
+
+@pytest.fixture(scope="module")
+def resnet(digits_data):
+    from tests.nets import ResNetLike
+    (x, y), _ = digits_data
+    return export_torch(train(ResNetLike(), x, y, epochs=8), x)
+
+
+@pytest.fixture(scope="module")
+def plain_and_calibrated(resnet, digits_data):
+    (x, _), _ = digits_data
+    plain = convert(resnet, T=2, calib=x[:512], levels=4, rmpe=False)
+    calibrated = calibrate(plain.snn, plain.qcfs, x[:512], batch_size=100)
+    return plain, calibrated
+
+
+def _layer_rates(snn, qcfs, x, T):
+    """Per-layer mean SNN rate and mean ANN activation, measured directly on the full SNN."""
+    layers = [(n.name, n.outputs[0].name, float(n.inputs[1].values)) for n in if_nodes(to_graph(snn))]
+    snn_out = run(expose_outputs(snn, [s for _, s, _ in layers]), x)
+    ann_names = {n.name: n.output[0] for n in qcfs.graph.node}
+    ann_out = run(expose_outputs(qcfs, [ann_names[n] for n, _, _ in layers]), x)
+    k = len(snn.graph.output)
+    rates = [o.reshape((T, -1) + o.shape[1:]).mean(0).mean(0) for o in snn_out[k:]]
+    means = [a.mean(0) for a in ann_out[len(qcfs.graph.output):]]
+    return rates, means
+
+
+def test_calibration_meets_ann_means_layer_by_layer(plain_and_calibrated, digits_data):
+    (x, _), _ = digits_data
+    plain, calibrated = plain_and_calibrated
+    T = 2
+    before, target = _layer_rates(plain.snn, plain.qcfs, x[:512], T)
+    after, _ = _layer_rates(calibrated.snn, plain.qcfs, x[:512], T)
+    for b, a, t in zip(before, after, target):
+        err_before, err_after = np.abs(b - t).mean(), np.abs(a - t).mean()
+        assert err_after <= err_before, (err_before, err_after)
+    # the report agrees: every layer improves
+    assert len(calibrated.layers) == len(before) == 5
+    for layer in calibrated.layers:
+        assert layer.error_after < layer.error_before, layer
+        assert 0 < layer.firing_rate < 1
+
+
+def test_zero_v_init_gives_the_uncalibrated_model(plain_and_calibrated, digits_data):
+    _, (xt, _) = digits_data
+    plain, calibrated = plain_and_calibrated
+    graph = to_graph(calibrated.snn)
+    names = [n.name for n in if_nodes(graph)]
+    assert all(np.abs(n.inputs[2].values).max() > 0 for n in if_nodes(graph))
+    set_initial_potentials(graph, v_inits={n: np.zeros((), np.float32) for n in names})
+    reset = to_model(graph)
+    for got, want in zip(run(reset, xt), run(plain.snn, xt)):
+        np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(run(calibrated.snn, xt)[0], run(plain.snn, xt)[0])
+
+
+def test_rmpe_raises_accuracy_at_T2(plain_and_calibrated, digits_data):
+    _, (xt, yt) = digits_data
+    plain, calibrated = plain_and_calibrated
+    acc_plain = accuracy(run(plain.snn, xt)[0], yt)
+    acc_rmpe = accuracy(run(calibrated.snn, xt)[0], yt)
+    assert acc_rmpe > acc_plain + 0.01, (acc_plain, acc_rmpe)
+    meta = get_metadata(calibrated.snn)
+    assert meta["onnx_rmpe.rmpe"] == "layerwise" and meta["onnx_rmpe.rmpe_T"] == "2"
+    assert meta["onnx_rmpe.rmpe_samples"] == "512"
+    onnx.checker.check_model(calibrated.snn, full_check=True)
+
+
+def test_segments_reproduce_the_full_network(plain_and_calibrated, digits_data):
+    """Each segment fed the cached spikes gives exactly the full SNN's layer input."""
+    (x, _), _ = digits_data
+    _, calibrated = plain_and_calibrated
+    snn, T, xb = calibrated.snn, 2, x[:32]
+    segs = segments(snn)
+    names = [s.layer.current for s in segs] + [s.layer.spikes for s in segs]
+    full = dict(zip(names, run(expose_outputs(snn, names), xb)[len(snn.graph.output):]))
+    for seg in segs:
+        feed = {n: full[n] for n in seg.spike_inputs}
+        if seg.needs_input:
+            feed[seg.model.graph.input[0].name] = xb
+        from tests.helpers import session
+        got = session(seg.model).run(None, feed)[0]
+        np.testing.assert_array_equal(got, full[seg.layer.current])
+        v = next(n for n in if_nodes(to_graph(snn)) if n.name == seg.layer.name).inputs[2].values
+        spikes, _ = if_reference(got.reshape((T, -1) + got.shape[1:]), seg.layer.theta, v)
+        np.testing.assert_array_equal(spikes.reshape(got.shape) * seg.layer.theta,
+                                      full[seg.layer.spikes])
+
+
+def test_channel_granularity_and_options(resnet, digits_data):
+    (x, _), (xt, yt) = digits_data
+    result = convert(resnet, T=2, calib=x[:256], levels=4, rmpe_granularity="channel")
+    for node in if_nodes(to_graph(result.snn)):
+        v = np.asarray(node.inputs[2].values)
+        assert v.ndim == 1 or v.shape[1:] == (1, 1)
+    with pytest.raises(OptionError, match="granularity"):
+        convert(resnet, T=2, calib=x[:64], rmpe_granularity="layer")
+    with pytest.raises(OptionError, match="--calib"):
+        convert(resnet, T=2)
