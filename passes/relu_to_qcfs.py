@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
-from onnx_rmpe.passes.base import PassResult, const_value
-from onnx_rmpe.runtime.neurons import DEFAULT_PHI, DOMAIN, QCFS_OP
 
 from onnx_rmpe.errors import ConversionError
+from onnx_rmpe.passes.base import PassResult, const_value, name_nodes
+from onnx_rmpe.runtime.neurons import DEFAULT_PHI, DOMAIN, QCFS_OP
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,8 @@ class ActivationSite:
 
 
 def activation_sites(graph: gs.Graph) -> list[ActivationSite]:
-    """Every ReLU-like node of the graph, in topological order."""
+    """Every ReLU-like node of the graph, in topological order (unnamed nodes get names)."""
+    name_nodes(graph)
     sites = []
     for node in graph.toposort().nodes:
         site = _as_site(node)
