@@ -33,7 +33,8 @@ def default_output(model: Path) -> Path:
               help="Percentile of positive pre-activations that initialises each threshold.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--maxpool-to-avgpool", is_flag=True,
-              help="Replace max pools by average pools (max pools convert exactly; off by default).")
+              help="Replace max pools by average pools (max pools convert exactly, so off "
+                   "by default).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def finetune_cmd(model: Path, data: Path, levels: int, epochs: int, output: Path | None,
                  lr: float, batch_size: int, val: Path | None, percentile: float, seed: int,

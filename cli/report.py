@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
 def print_calibration(calibration) -> None:
     table = Table(title=f"RMPE calibration, T={calibration.T}, {calibration.samples} samples, "
                         f"{calibration.seconds:.1f}s")
-    for col in ("layer", "neurons", "|E[a]-E[r]| before", "after", "firing rate",
+    for col in ("layer", "neurons", escape("|E[a]-E[r]| before"), "after", "firing rate",
                 "mean |v_init|"):
         table.add_column(col, justify="left" if col == "layer" else "right")
     for layer in calibration.layers:
@@ -25,7 +26,7 @@ def print_accuracy(result) -> None:
                         f"({result.samples} samples, {result.provider})")
         return
     table = Table(title=f"SNN accuracy by time step ({result.samples} samples, "
-                        f"{result.provider})")
+                        f"{result.provider})", min_width=72)
     table.add_column("step t", justify="right")
     table.add_column("accuracy", justify="right")
     for t, acc in zip(result.steps, result.accuracy_per_step):
