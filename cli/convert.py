@@ -29,14 +29,17 @@ from onnx_rmpe.cli.report import print_calibration
               show_default=True, help="One initial potential per neuron or per channel.")
 @click.option("--rmpe-sweeps", default=1, show_default=True, type=int,
               help="Front-to-back calibration sweeps.")
+@click.option("--mode", type=click.Choice(["multistep", "streaming"]), default="multistep",
+              show_default=True, help="All T steps per call, or one step per call with the "
+                                      "membrane potentials as state inputs/outputs.")
 @click.option("--save-qcfs", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the QCFS ANN (a valid ONNX model of its own).")
 @runtime_options
 @json_option
 def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, levels: int,
                 percentile: float, calib_samples: int, rmpe: bool, rmpe_granularity: str,
-                rmpe_sweeps: int, save_qcfs: Path | None, batch_size: int, threads: int | None,
-                device: str, json_path: Path | None) -> None:
+                rmpe_sweeps: int, mode: str, save_qcfs: Path | None, batch_size: int,
+                threads: int | None, device: str, json_path: Path | None) -> None:
     """Convert MODEL (an ONNX ReLU or QCFS network) into an IF-neuron SNN for T steps."""
     from onnx_rmpe.convert import convert
 
@@ -44,9 +47,9 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
     result = convert(model, T=T, calib=calib, output=output, levels=levels,
                      percentile=percentile, calib_samples=calib_samples, batch_size=batch_size,
                      rmpe=rmpe, rmpe_granularity=rmpe_granularity, rmpe_sweeps=rmpe_sweeps,
-                     save_qcfs=save_qcfs, threads=threads, device=device, progress=True)
+                     mode=mode, save_qcfs=save_qcfs, threads=threads, device=device, progress=True)
     click.echo(f"converted {model}: {len(result.thresholds)} spiking layer(s), T={T}, "
-               f"L={result.levels}, RMPE {'on' if result.calibration else 'off'}")
+               f"L={result.levels}, RMPE {'on' if result.calibration else 'off'}, {mode}")
     if result.calibration is not None:
         print_calibration(result.calibration)
     if result.qcfs_path:

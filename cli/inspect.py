@@ -22,11 +22,12 @@ def inspect_cmd(model: Path, json_path: Path | None) -> None:
         click.echo(f"  input  {name} {dims}")
     for name, dims in info.outputs:
         click.echo(f"  output {name} {dims}")
-    if info.kind == "snn":
+    if info.kind.startswith("snn"):
         meta = info.metadata
         click.echo(f"  T={meta.get('onnx_rmpe.T', '?')} L={meta.get('onnx_rmpe.levels', '?')} "
                    f"RMPE={meta.get('onnx_rmpe.rmpe', '?')}")
-    label = {"snn": "spiking layers", "qcfs": "QCFS layers", "ann": "convertible activations"}
+    label = {"snn": "spiking layers", "qcfs": "QCFS layers", "ann": "convertible activations",
+             "snn-streaming": "state inputs (one step per call; defaults = initial state)"}
     click.echo(f"  {label[info.kind]}: {len(info.layers)}")
     for layer in info.layers:
         extra = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"

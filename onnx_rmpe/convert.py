@@ -35,8 +35,11 @@ from onnx_rmpe.passes.relu_to_qcfs import activation_sites, qcfs_nodes, relu_to_
 from onnx_rmpe.passes.support import check_supported
 from onnx_rmpe.runtime.neurons import DEFAULT_PHI
 from onnx_rmpe.runtime.statistics import positive_percentiles
+from onnx_rmpe.runtime.streaming import snn_to_streaming
 
 logger = logging.getLogger(__name__)
+
+MODES = ("multistep", "streaming")
 
 
 @dataclass
@@ -133,18 +136,23 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
             output: str | os.PathLike | None = None, levels: int = 8, percentile: float = 99.9,
             calib_samples: int | None = 512, batch_size: int = 128, rmpe: bool = True,
             rmpe_granularity: str = "neuron", rmpe_sweeps: int = 1,
-            save_qcfs: str | os.PathLike | None = None, threads: int | None = None,
-            device: str = "cpu", progress: bool = False) -> ConversionResult:
+            mode: str = "multistep", save_qcfs: str | os.PathLike | None = None,
+            threads: int | None = None, device: str = "cpu",
+            progress: bool = False) -> ConversionResult:
     """Convert an ONNX ANN into a multi-step IF-neuron SNN, RMPE-calibrated for ``T``.
 
     ``calib`` (path, array, ``(x, y)`` or :class:`Dataset`; the first ``calib_samples``
     are used) gives the QCFS thresholds of ReLU layers and the RMPE calibration; a model
-    that is already QCFS needs it only for RMPE (``rmpe=False`` skips it). ``output`` (if
+    that is already QCFS needs it only for RMPE (``rmpe=False`` skips it). ``mode`` is
+    ``multistep`` (all T steps in one call) or ``streaming`` (one step per call, membrane
+    potentials as state inputs/outputs; see :mod:`onnx_rmpe.runtime.streaming`). ``output`` (if
     given) receives the SNN; ``save_qcfs`` the QCFS ANN. Nothing is written unless the
     whole conversion succeeds.
     """
     start = time.perf_counter()
     _check_options(T, levels, percentile, calib_samples, batch_size)
+    if mode not in MODES:
+        raise OptionError("--mode", f"'{mode}' is not one of {', '.join(MODES)}")
     if rmpe and calib is None:
         raise OptionError("--calib", "RMPE calibration needs calibration data; give --calib "
                                      "(an .npz with array 'x') or turn it off with --no-rmpe")
@@ -163,6 +171,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     if data is not None:
         set_metadata(snn, "onnx_rmpe.calib_samples", str(len(data)))
     set_metadata(snn, "onnx_rmpe.thresholds", json.dumps(thresholds))
+    if mode == "streaming":
+        snn = snn_to_streaming(snn)
     result = ConversionResult(snn, qcfs, T, levels, thresholds, calibration=calibration)
     if save_qcfs is not None:
         result.qcfs_path = save_model(qcfs, save_qcfs)

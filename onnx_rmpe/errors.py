@@ -55,7 +55,8 @@ class OffendingNode:
     fix: str = ""
 
     def describe(self) -> str:
-        op = f"{self.domain}::{self.op_type}" if self.domain not in ("", "ai.onnx") else self.op_type
+        plain = self.domain in ("", "ai.onnx")
+        op = self.op_type if plain else f"{self.domain}::{self.op_type}"
         text = f"node '{self.name}' ({op}): {self.reason}"
         return f"{text}; fix: {self.fix}" if self.fix else text
 

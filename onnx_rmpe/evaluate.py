@@ -11,7 +11,7 @@ import onnx
 
 from onnx_rmpe.data import check_fits, load_data
 from onnx_rmpe.errors import ConversionError, OptionError
-from onnx_rmpe.modelio import get_metadata, is_qcfs, is_snn, load_model
+from onnx_rmpe.modelio import get_metadata, is_qcfs, is_snn, is_streaming, load_model
 from onnx_rmpe.passes.qcfs_to_if import PER_STEP_SUFFIX
 from onnx_rmpe.runtime.metrics import AccuracyCounter
 from onnx_rmpe.runtime.progress import progress_bar
@@ -50,27 +50,17 @@ def evaluate(model: str | os.PathLike | onnx.ModelProto, data, *,
     proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
     ds = load_data(data, require_labels=True).head(samples)
     check_fits(ds, proto)
-    snn = is_snn(proto)
-    kind = "snn" if snn else ("qcfs" if is_qcfs(proto) else "ann")
-    session = make_session(proto, threads=threads, device=device)
-    out_names = [o.name for o in session.get_outputs()]
-    wanted = out_names[0]
-    if snn:
-        wanted = out_names[0] + PER_STEP_SUFFIX
-        if wanted not in out_names:
-            raise ConversionError(f"SNN has no output '{wanted}' (per-step logits)")
+    kind = _kind(proto)
+    predict, provider = _predictor(proto, kind, threads=threads, device=device)
     counter = AccuracyCounter()
-    input_name = session.get_inputs()[0].name
     with progress_bar(progress, "evaluate") as bar:
         task = bar.add_task(kind, total=len(ds))
         for sl in batches(len(ds), batch_size):
-            logits = session.run([wanted], {input_name: ds.x[sl]})[0]
-            counter.update(logits, ds.y[sl])
+            counter.update(predict(ds.x[sl]), ds.y[sl])
             bar.advance(task, sl.stop - sl.start)
     acc = counter.accuracy()
-    result = EvaluationResult(kind, len(ds), acc[-1], active_provider(session),
-                              time.perf_counter() - start)
-    if snn:
+    result = EvaluationResult(kind, len(ds), acc[-1], provider, time.perf_counter() - start)
+    if kind.startswith("snn"):
         T = len(acc)
         chosen = _steps(steps, T)
         result.T, result.steps = T, chosen
@@ -79,6 +69,36 @@ def evaluate(model: str | os.PathLike | onnx.ModelProto, data, *,
     logger.info("evaluated %s (%s) on %d samples: %.4f", meta.get("onnx_rmpe.kind", kind),
                 result.provider, len(ds), result.accuracy)
     return result
+
+
+def _kind(proto: onnx.ModelProto) -> str:
+    if is_streaming(proto):
+        return "snn-streaming"
+    if is_snn(proto):
+        return "snn"
+    return "qcfs" if is_qcfs(proto) else "ann"
+
+
+def _predictor(proto: onnx.ModelProto, kind: str, *, threads: int | None, device: str):
+    """A function from a batch of inputs to logits (``[T, N, K]`` for an SNN), and the
+    provider that runs it."""
+    if kind == "snn-streaming":
+        from onnx_rmpe.runtime.streaming import StreamingRunner
+
+        T = int(get_metadata(proto).get("onnx_rmpe.T", 0))
+        if T < 1:
+            raise ConversionError("streaming SNN without 'onnx_rmpe.T' in its metadata")
+        runner = StreamingRunner(proto, device=device, threads=threads)
+        return (lambda x: runner.run(x, T)), active_provider(runner.session)
+    session = make_session(proto, threads=threads, device=device)
+    outputs = [o.name for o in session.get_outputs()]
+    wanted = outputs[0]
+    if kind == "snn":
+        wanted = outputs[0] + PER_STEP_SUFFIX
+        if wanted not in outputs:
+            raise ConversionError(f"SNN has no output '{wanted}' (per-step logits)")
+    input_name = session.get_inputs()[0].name
+    return (lambda x: session.run([wanted], {input_name: x})[0]), active_provider(session)
 
 
 def _steps(steps: list[int] | None, T: int) -> list[int]:

@@ -25,7 +25,8 @@ import onnx
 
 from onnx_rmpe.data import Dataset, check_fits, load_data
 from onnx_rmpe.errors import MissingDependencyError, OptionError
-from onnx_rmpe.modelio import set_metadata
+from onnx_rmpe.modelio import neuron_attributes, set_metadata
+from onnx_rmpe.runtime.neurons import QCFS_OP
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ def finetune(model: str | os.PathLike | onnx.ModelProto, data, *, levels: int = 
     calib = Dataset(train.x[rng.permutation(len(train))[:CALIB_SAMPLES]], None, train.source)
     qcfs, initial = build_qcfs(proto, calib, levels=levels, percentile=percentile, source=source)
     check_fits(train, qcfs)
+    levels = int(neuron_attributes(qcfs, QCFS_OP).get("levels", levels))  # a QCFS input keeps its L
     with _deterministic(torch, seed):
         net = OnnxModule(qcfs)
         result = FinetuneResult(qcfs, levels, dict(initial), dict(initial),
@@ -150,7 +152,7 @@ def _accuracy(torch, net, data: Dataset | None, batch_size: int) -> float | None
 
 
 def maxpool_as_avgpool(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy with MaxPool -> AveragePool (padding not counted), GlobalMaxPool -> GlobalAveragePool."""
+    """A copy with MaxPool -> AveragePool (pads not counted), GlobalMaxPool -> GlobalAveragePool."""
     out = onnx.ModelProto.FromString(model.SerializeToString())
     changed = 0
     for node in out.graph.node:

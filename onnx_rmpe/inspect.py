@@ -14,6 +14,7 @@ from onnx_rmpe.modelio import (
     get_metadata,
     is_qcfs,
     is_snn,
+    is_streaming,
     load_model,
     prepare,
     to_graph,
@@ -58,11 +59,18 @@ def inspect_model(model: str | os.PathLike | onnx.ModelProto) -> ModelInfo:
     proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
     inits = {i.name for i in proto.graph.initializer}
     kind = "snn" if is_snn(proto) else ("qcfs" if is_qcfs(proto) else "ann")
+    if is_streaming(proto):
+        kind = "snn-streaming"
     info = ModelInfo(path, kind, default_opset(proto), proto.ir_version,
                      _value_infos(i for i in proto.graph.input if i.name not in inits),
                      _value_infos(proto.graph.output), metadata=get_metadata(proto))
     if kind == "snn":
         info.layers = _snn_layers(proto)
+        return info
+    if kind == "snn-streaming":
+        info.layers = [{"node": name, "op": "state", "shape": dims}
+                       for name, dims in _value_infos(i for i in proto.graph.input
+                                                      if i.name in inits)]
         return info
     try:
         graph = run_passes(to_graph(prepare(proto, path)),

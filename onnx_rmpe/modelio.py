@@ -35,7 +35,8 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     try:
         model = onnx.load(str(path), load_external_data=True)
     except Exception as exc:  # noqa: BLE001 - protobuf raises many types
-        raise ModelLoadError(str(path), f"not an ONNX model ({type(exc).__name__}: {exc})") from None
+        reason = f"not an ONNX model ({type(exc).__name__}: {exc})"
+        raise ModelLoadError(str(path), reason) from None
     if not model.graph.node:
         raise ModelLoadError(str(path), "the file parsed, but holds no graph nodes (is it ONNX?)")
     try:
@@ -206,6 +207,11 @@ def uses_op(model: onnx.ModelProto, op_type: str) -> bool:
 
 def is_snn(model: onnx.ModelProto) -> bool:
     return uses_op(model, IF_OP)
+
+
+def is_streaming(model: onnx.ModelProto) -> bool:
+    """A one-step streaming SNN (plain ops, membrane potentials as state)."""
+    return get_metadata(model).get("onnx_rmpe.kind") == "snn-streaming"
 
 
 def is_qcfs(model: onnx.ModelProto) -> bool:

@@ -163,8 +163,9 @@ def _pool(st: _Step, pool: gs.Node) -> int:
         return 0  # a pool of the static part: unchanged
     x, pooled = split.inputs[0], pool.outputs[0]
     shape = next((c for c in pooled.outputs if c.op == "Shape"), None)
-    final = next((c for c in shape.outputs[0].outputs
-                  if c.op == "Reshape" and c.inputs[1] is shape.outputs[0]), None) if shape else None
+    p_shape = shape.outputs[0] if shape is not None else None
+    final = next((c for c in p_shape.outputs if c.op == "Reshape" and c.inputs[1] is p_shape),
+                 None) if p_shape is not None else None
     if final is None:
         raise StreamingError(f"the cumulative form of max pool '{pool.name}' is not recognized")
     out = final.outputs[0]

@@ -113,13 +113,13 @@ class StreamingRunner:
         self.model = model
         self.session = make_session(model, device=device, threads=threads)
         init_names = {i.name for i in model.graph.initializer}
-        inputs = [i.name for i in self.session.get_inputs()]
+        inputs = [i.name for i in model.graph.input]  # ORT lists defaulted inputs apart
         self.data_inputs = [n for n in inputs if n not in init_names]
         self.state_names = [n for n in inputs if n in init_names]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.outputs: dict[str, np.ndarray] = {}
         self.states: dict[str, np.ndarray] = {}
-        self.t = 0
+        self.batch, self.t = -1, 0
         if len(self.data_inputs) != 1:
             raise OptionError("model", f"StreamingRunner needs one data input, the model has "
                                        f"{self.data_inputs}")
@@ -127,11 +127,11 @@ class StreamingRunner:
     def reset(self, batch: int) -> None:
         """Start over: every state at its initial value for ``batch`` samples."""
         self.states = initial_states(self.model, batch)
-        self.t = 0
+        self.batch, self.t = batch, 0
 
     def step(self, x: np.ndarray) -> np.ndarray:
         """Run one time step on ``x`` ``[N, ...]``; returns the first output."""
-        if not self.states or next(iter(self.states.values())).shape[:1] != x.shape[:1]:
+        if self.batch != len(x):
             if self.t:
                 raise OptionError("x", f"batch {len(x)} differs from the running batch; "
                                        "call reset(batch) first")
@@ -148,7 +148,8 @@ class StreamingRunner:
 
         Returns ``[T, N, ...]``: ``output`` (default: the first) after each step.
         """
-        per_step = x.ndim == len(self.session.get_inputs()[0].shape) + 1
+        rank = len(self.session.get_inputs()[0].shape)
+        per_step = x.ndim == rank + 1
         self.reset(x.shape[1] if per_step else x.shape[0])
         name = output or self.output_names[0]
         out = []

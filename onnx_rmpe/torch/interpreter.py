@@ -148,7 +148,8 @@ def _check_ops(graph: onnx.GraphProto) -> None:
     bad = []
     for node in graph.node:
         ours = node.domain == DOMAIN and node.op_type == QCFS_OP
-        std = node.domain in ("", "ai.onnx") and node.op_type in HANDLERS and node.op_type != QCFS_OP
+        std = node.domain in ("", "ai.onnx") and node.op_type in HANDLERS \
+            and node.op_type != QCFS_OP
         if not (ours or std):
             bad.append(OffendingNode(node.name, node.op_type, node.domain,
                                      "the torch interpreter (fine-tuning) has no rule for it"))

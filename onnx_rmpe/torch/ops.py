@@ -278,11 +278,9 @@ def torch_dtype(onnx_type: int) -> torch.dtype:
 
 def constant_value(attr_name: str, value) -> Tensor:
     """The tensor a ``Constant`` node's attribute holds."""
-    if attr_name in ("value_float", "value_int"):
-        return torch.tensor(value, dtype=torch.float32 if attr_name == "value_float" else torch.int64)
-    if attr_name in ("value_floats", "value_ints"):
-        return torch.tensor(list(value),
-                            dtype=torch.float32 if attr_name == "value_floats" else torch.int64)
+    if attr_name in ("value_float", "value_int", "value_floats", "value_ints"):
+        dtype = torch.float32 if attr_name.startswith("value_float") else torch.int64
+        return torch.tensor(value if attr_name.endswith("t") else list(value), dtype=dtype)
     from onnx import numpy_helper
     return torch.from_numpy(numpy_helper.to_array(value).copy())
 

@@ -31,8 +31,8 @@ class QCFSFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, lam: torch.Tensor, levels: int, phi: float) -> torch.Tensor:
-        L = torch.tensor(float(levels), dtype=x.dtype, device=x.device)
-        q = torch.floor(x * L / lam + torch.tensor(phi, dtype=x.dtype, device=x.device)) / L
+        L = float(levels)  # Python scalars: computed in x's dtype, as the ONNX function does
+        q = torch.floor(x * L / lam + float(phi)) / L
         ctx.save_for_backward(x, lam, q)
         return torch.clamp(q, 0.0, 1.0) * lam
 
