@@ -20,6 +20,7 @@ import logging
 
 import numpy as np
 import onnx_graphsurgeon as gs
+
 from onnx_rmpe.passes.base import PassResult, const_value, producer
 
 logger = logging.getLogger(__name__)

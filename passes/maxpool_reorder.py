@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 
 import onnx_graphsurgeon as gs
+
 from onnx_rmpe.passes.base import PassResult, producer
 from onnx_rmpe.runtime.neurons import DOMAIN, QCFS_OP
 

@@ -19,6 +19,7 @@ import logging
 
 import numpy as np
 import onnx_graphsurgeon as gs
+
 from onnx_rmpe.passes.base import PassResult, classify_tensors, const_value, name_nodes, producer
 
 logger = logging.getLogger(__name__)

@@ -24,6 +24,7 @@ import logging
 
 import numpy as np
 import onnx_graphsurgeon as gs
+
 from onnx_rmpe.passes.base import Names, PassResult, classify_tensors, const_value
 from onnx_rmpe.passes.support import readout_nodes
 from onnx_rmpe.runtime.neurons import DEFAULT_PHI, DOMAIN, IF_OP, QCFS_OP

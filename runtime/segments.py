@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx_rmpe.passes.rmpe import if_nodes
 
 from onnx_rmpe.modelio import to_graph, to_model
+from onnx_rmpe.passes.rmpe import if_nodes
 
 
 @dataclass

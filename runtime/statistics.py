@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx
+
 from onnx_rmpe.runtime.session import make_session, run_batched
 
 logger = logging.getLogger(__name__)
