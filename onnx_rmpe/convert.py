@@ -87,6 +87,10 @@ def build_qcfs(model: onnx.ModelProto, data: Dataset | None, *, levels: int = 8,
         ("normalize", normalize), ("fold_batchnorm", fold_batchnorm),
         ("check_supported", check_supported),
     ])
+    if len(graph.inputs) != 1:
+        names = ", ".join(t.name for t in graph.inputs)
+        raise ConversionError(f"model '{source}' has {len(graph.inputs)} inputs ({names}); "
+                              "onnx-rmpe converts models with exactly one (batch-first) input")
     sites = activation_sites(graph)
     if not sites and not qcfs_nodes(graph):
         raise ConversionError(f"model '{source}' has no ReLU-like activation (Relu, Clip(0, m), "
@@ -151,6 +155,9 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     """
     start = time.perf_counter()
     _check_options(T, levels, percentile, calib_samples, batch_size)
+    if output is not None and not isinstance(model, onnx.ModelProto) \
+            and Path(output).resolve() == Path(model).resolve():
+        raise OptionError("-o/--output", f"'{output}' is the input model; choose another path")
     if mode not in MODES:
         raise OptionError("--mode", f"'{mode}' is not one of {', '.join(MODES)}")
     if rmpe and calib is None:
