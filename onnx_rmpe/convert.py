@@ -19,8 +19,9 @@ from onnx_rmpe.errors import ConversionError, OptionError
 from onnx_rmpe.modelio import (
     default_opset,
     get_metadata,
-    load_model,
+    neuron_attributes,
     prepare,
+    read_model,
     save_model,
     set_metadata,
     to_graph,
@@ -33,7 +34,7 @@ from onnx_rmpe.passes.normalize import normalize
 from onnx_rmpe.passes.qcfs_to_if import qcfs_to_if
 from onnx_rmpe.passes.relu_to_qcfs import activation_sites, qcfs_nodes, relu_to_qcfs
 from onnx_rmpe.passes.support import check_supported
-from onnx_rmpe.runtime.neurons import DEFAULT_PHI
+from onnx_rmpe.runtime.neurons import DEFAULT_PHI, QCFS_OP
 from onnx_rmpe.runtime.statistics import positive_percentiles
 from onnx_rmpe.runtime.streaming import snn_to_streaming
 
@@ -72,12 +73,6 @@ def _check_options(T: int, levels: int, percentile: float, calib_samples: int | 
         raise OptionError("--batch-size", f"must be at least 1, got {batch_size}")
 
 
-def _load(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
-    if isinstance(model, onnx.ModelProto):
-        return model, model.graph.name or "<model>"
-    return load_model(model), str(model)
-
-
 def build_qcfs(model: onnx.ModelProto, data: Dataset | None, *, levels: int = 8,
                percentile: float = 99.9, batch_size: int = 128, threads: int | None = None,
                device: str = "cpu", source: str = "<model>") -> tuple[onnx.ModelProto, dict]:
@@ -92,7 +87,10 @@ def build_qcfs(model: onnx.ModelProto, data: Dataset | None, *, levels: int = 8,
         raise ConversionError(f"model '{source}' has {len(graph.inputs)} inputs ({names}); "
                               "onnx-rmpe converts models with exactly one (batch-first) input")
     sites = activation_sites(graph)
-    if not sites and not qcfs_nodes(graph):
+    trained = qcfs_nodes(graph)
+    if trained:  # a fine-tuned QCFS model: its own L wins (one L per model)
+        levels = int(neuron_attributes(prepared, QCFS_OP)["levels"])
+    if not sites and not trained:
         raise ConversionError(f"model '{source}' has no ReLU-like activation (Relu, Clip(0, m), "
                               "Max(x, 0)) or QCFS node: there is nothing to turn into neurons")
     thresholds = {}
@@ -163,7 +161,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     if rmpe and calib is None:
         raise OptionError("--calib", "RMPE calibration needs calibration data; give --calib "
                                      "(an .npz with array 'x') or turn it off with --no-rmpe")
-    proto, source = _load(model)
+    proto, source = read_model(model)
     data = load_data(calib).head(calib_samples) if calib is not None else None
     qcfs, thresholds = build_qcfs(proto, data, levels=levels, percentile=percentile,
                                   batch_size=batch_size, threads=threads, device=device,

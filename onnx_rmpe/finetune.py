@@ -75,11 +75,12 @@ def finetune(model: str | os.PathLike | onnx.ModelProto, data, *, levels: int = 
         import torch
     except ImportError:
         raise MissingDependencyError("torch", "torch", "fine-tuning") from None
-    from onnx_rmpe.convert import _load, build_qcfs
+    from onnx_rmpe.convert import build_qcfs
+    from onnx_rmpe.modelio import read_model
     from onnx_rmpe.torch.interpreter import OnnxModule
 
     _check_options(levels, epochs, lr, batch_size)
-    proto, source = _load(model)
+    proto, source = read_model(model)
     if maxpool_to_avgpool:
         proto = maxpool_as_avgpool(proto)
     train = load_data(data, require_labels=True)
@@ -87,7 +88,8 @@ def finetune(model: str | os.PathLike | onnx.ModelProto, data, *, levels: int = 
     rng = np.random.default_rng(seed)
     calib = Dataset(train.x[rng.permutation(len(train))[:CALIB_SAMPLES]], None, train.source)
     qcfs, initial = build_qcfs(proto, calib, levels=levels, percentile=percentile, source=source)
-    check_fits(train, qcfs)
+    for ds in (train, held) if held is not None else (train,):
+        check_fits(ds, qcfs)
     levels = int(neuron_attributes(qcfs, QCFS_OP).get("levels", levels))  # a QCFS input keeps its L
     with _deterministic(torch, seed):
         net = OnnxModule(qcfs)

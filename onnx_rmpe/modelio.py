@@ -47,6 +47,13 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     return model
 
 
+def read_model(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    """A model given as a path (loaded and checked) or as a ModelProto, and its name."""
+    if isinstance(model, onnx.ModelProto):
+        return model, model.graph.name or "<model>"
+    return load_model(model), str(model)
+
+
 def default_opset(model: onnx.ModelProto) -> int:
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):

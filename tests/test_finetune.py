@@ -12,11 +12,11 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
-from onnx_rmpe.runtime.neurons import qcfs_reference
 
 from onnx_rmpe.convert import build_qcfs, convert
 from onnx_rmpe.errors import DataError, MissingDependencyError
 from onnx_rmpe.finetune import finetune, maxpool_as_avgpool
+from onnx_rmpe.runtime.neurons import qcfs_reference
 from onnx_rmpe.torch import QCFS, export_opsets
 from tests.helpers import accuracy, export_torch, run, train
 

@@ -7,10 +7,10 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
-from onnx_rmpe.runtime.neurons import DOMAIN
 
 from onnx_rmpe.errors import ConversionError, UnsupportedOpError
 from onnx_rmpe.modelio import ensure_functions
+from onnx_rmpe.runtime.neurons import DOMAIN
 from onnx_rmpe.torch import OnnxModule
 from onnx_rmpe.torch.interpreter import trained_initializers
 from tests.helpers import export_torch, run
@@ -27,7 +27,7 @@ def i64(*values):
 
 
 def model(nodes, x_shape, inits=None, opset=18):
-    """A graph with input ``x`` and output ``y``; ``nodes`` are (op, inputs, attrs) or NodeProtos."""
+    """A graph ``x -> y`` of ``nodes``: (op, inputs, attrs) tuples or NodeProtos."""
     protos = []
     for k, spec in enumerate(nodes):
         if isinstance(spec, onnx.NodeProto):
@@ -81,7 +81,8 @@ CASES = {
         "kernel_shape": [3, 2], "strides": [2, 2], "pads": [0, 1, 1, 0], "ceil_mode": 1,
         "count_include_pad": 1})], (2, 3, 8, 7), {}),
     "global_avgpool": ([("GlobalAveragePool", ["x"], {})], (2, 3, 5, 5), {}),
-    "maxpool": ([("MaxPool", ["x"], {"kernel_shape": [2, 2], "strides": [2, 2]})], (2, 3, 8, 8), {}),
+    "maxpool": ([("MaxPool", ["x"], {"kernel_shape": [2, 2], "strides": [2, 2]})], (2, 3, 8, 8),
+                {}),
     "maxpool_pad_ceil": ([("MaxPool", ["x"], {"kernel_shape": [3, 3], "strides": [2, 2],
                                               "pads": [1, 1, 1, 1], "ceil_mode": 1})],
                          (2, 3, 8, 8), {}),
