@@ -32,13 +32,22 @@ from onnx_rmpe.cli.report import print_calibration
 @click.option("--mode", type=click.Choice(["multistep", "streaming"]), default="multistep",
               show_default=True, help="All T steps per call, or one step per call with the "
                                       "membrane potentials as state inputs/outputs.")
+@click.option("--finetune-data", type=click.Path(dir_okay=False, path_type=Path),
+              help="Labelled training data (.npz with x, y): run QCFS fine-tuning first "
+                   "(stage 1, needs onnx-rmpe[torch]).")
+@click.option("--epochs", default=3, show_default=True, type=int,
+              help="Fine-tuning epochs (with --finetune-data).")
+@click.option("--lr", default=1e-3, show_default=True, type=float,
+              help="Fine-tuning learning rate (with --finetune-data).")
+@click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--save-qcfs", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the QCFS ANN (a valid ONNX model of its own).")
 @runtime_options
 @json_option
 def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, levels: int,
                 percentile: float, calib_samples: int, rmpe: bool, rmpe_granularity: str,
-                rmpe_sweeps: int, mode: str, save_qcfs: Path | None, batch_size: int,
+                rmpe_sweeps: int, mode: str, finetune_data: Path | None, epochs: int,
+                lr: float, seed: int, save_qcfs: Path | None, batch_size: int,
                 threads: int | None, device: str, json_path: Path | None) -> None:
     """Convert MODEL (an ONNX ReLU or QCFS network) into an IF-neuron SNN for T steps."""
     from onnx_rmpe.convert import convert
@@ -47,7 +56,8 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
     result = convert(model, T=T, calib=calib, output=output, levels=levels,
                      percentile=percentile, calib_samples=calib_samples, batch_size=batch_size,
                      rmpe=rmpe, rmpe_granularity=rmpe_granularity, rmpe_sweeps=rmpe_sweeps,
-                     mode=mode, save_qcfs=save_qcfs, threads=threads, device=device, progress=True)
+                     mode=mode, finetune_data=finetune_data, epochs=epochs, finetune_lr=lr,
+                     seed=seed, save_qcfs=save_qcfs, threads=threads, device=device, progress=True)
     click.echo(f"converted {model}: {len(result.thresholds)} spiking layer(s), T={T}, "
                f"L={result.levels}, RMPE {'on' if result.calibration else 'off'}, {mode}")
     if result.calibration is not None:

@@ -111,7 +111,7 @@ def build_qcfs(model: onnx.ModelProto, data: Dataset | None, *, levels: int = 8,
     for node in qcfs_nodes(graph):
         thresholds[node.name] = float(np.asarray(node.inputs[1].values))
     qcfs = to_model(graph, keep_shapes=True, metadata={
-        "onnx_rmpe.kind": "qcfs", "onnx_rmpe.version": __version__,
+        **get_metadata(prepared), "onnx_rmpe.kind": "qcfs", "onnx_rmpe.version": __version__,
         "onnx_rmpe.levels": str(levels), "onnx_rmpe.percentile": str(percentile)})
     return qcfs, thresholds
 
@@ -138,7 +138,9 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
             output: str | os.PathLike | None = None, levels: int = 8, percentile: float = 99.9,
             calib_samples: int | None = 512, batch_size: int = 128, rmpe: bool = True,
             rmpe_granularity: str = "neuron", rmpe_sweeps: int = 1,
-            mode: str = "multistep", save_qcfs: str | os.PathLike | None = None,
+            mode: str = "multistep", finetune_data=None, epochs: int = 3,
+            finetune_lr: float = 1e-3, seed: int = 0,
+            save_qcfs: str | os.PathLike | None = None,
             threads: int | None = None, device: str = "cpu",
             progress: bool = False) -> ConversionResult:
     """Convert an ONNX ANN into a multi-step IF-neuron SNN, RMPE-calibrated for ``T``.
@@ -147,7 +149,10 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     are used) gives the QCFS thresholds of ReLU layers and the RMPE calibration; a model
     that is already QCFS needs it only for RMPE (``rmpe=False`` skips it). ``mode`` is
     ``multistep`` (all T steps in one call) or ``streaming`` (one step per call, membrane
-    potentials as state inputs/outputs; see :mod:`onnx_rmpe.runtime.streaming`). ``output`` (if
+    potentials as state inputs/outputs; see :mod:`onnx_rmpe.runtime.streaming`).
+    ``finetune_data`` (labelled) runs stage 1 first: QCFS fine-tuning for ``epochs`` epochs
+    (:func:`onnx_rmpe.finetune.finetune`, needs torch); its first ``calib_samples`` inputs
+    calibrate RMPE when ``calib`` is not given. ``output`` (if
     given) receives the SNN; ``save_qcfs`` the QCFS ANN. Nothing is written unless the
     whole conversion succeeds.
     """
@@ -158,10 +163,19 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
         raise OptionError("-o/--output", f"'{output}' is the input model; choose another path")
     if mode not in MODES:
         raise OptionError("--mode", f"'{mode}' is not one of {', '.join(MODES)}")
+    if calib is None and finetune_data is not None:
+        calib = finetune_data
     if rmpe and calib is None:
         raise OptionError("--calib", "RMPE calibration needs calibration data; give --calib "
                                      "(an .npz with array 'x') or turn it off with --no-rmpe")
     proto, source = read_model(model)
+    if finetune_data is not None:
+        from onnx_rmpe.finetune import finetune
+
+        tuned = finetune(proto, finetune_data, levels=levels, epochs=epochs, lr=finetune_lr,
+                         batch_size=batch_size, percentile=percentile, seed=seed,
+                         progress=progress)
+        proto, levels = tuned.model, tuned.levels
     data = load_data(calib).head(calib_samples) if calib is not None else None
     qcfs, thresholds = build_qcfs(proto, data, levels=levels, percentile=percentile,
                                   batch_size=batch_size, threads=threads, device=device,

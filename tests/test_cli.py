@@ -127,3 +127,13 @@ def test_streaming_mode_matches_multistep(files):
     assert stream["accuracy_per_step"] == multi["accuracy_per_step"]
     r = invoke("inspect", d / "streaming.onnx")
     assert "state inputs" in r.output and ".v (state)" in r.output
+
+
+def test_convert_with_finetuning_in_one_command(files):
+    d = files
+    r = invoke("convert", d / "net.onnx", "--T", 2, "--finetune-data", d / "calib.npz",
+               "--epochs", 1, "--levels", 4, "-o", d / "ft.onnx")
+    assert r.exit_code == 0, r.output
+    meta = {p.key: p.value for p in onnx.load(str(d / "ft.onnx")).metadata_props}
+    assert meta["onnx_rmpe.levels"] == "4" and meta["onnx_rmpe.rmpe"] == "layerwise"
+    assert any(k.startswith("onnx_rmpe.finetune") for k in meta), sorted(meta)
