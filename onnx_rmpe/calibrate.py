@@ -34,15 +34,17 @@ import onnx
 from onnx_rmpe.data import Dataset, check_fits, load_data
 from onnx_rmpe.errors import ConversionError, OptionError
 from onnx_rmpe.modelio import (
+    ensure_functions,
     get_metadata,
     load_model,
+    neuron_attributes,
     save_model,
     set_metadata,
     to_graph,
     to_model,
 )
 from onnx_rmpe.passes.rmpe import if_nodes, set_initial_potentials
-from onnx_rmpe.runtime.neurons import DEFAULT_PHI, if_reference
+from onnx_rmpe.runtime.neurons import DEFAULT_PHI, DOMAIN, QCFS_OP, if_reference
 from onnx_rmpe.runtime.progress import progress_bar
 from onnx_rmpe.runtime.segments import Layer, Segment, segments
 from onnx_rmpe.runtime.session import batches, make_session
@@ -88,7 +90,8 @@ def _snn_settings(snn: onnx.ModelProto) -> tuple[int, float]:
 
 def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | str | os.PathLike,
               data, *, samples: int | None = None, batch_size: int = 128,
-              granularity: str = "neuron", sweeps: int = 1, output: str | os.PathLike | None = None,
+              granularity: str = "neuron", sweeps: int = 1, target_levels: int | None = None,
+              output: str | os.PathLike | None = None,
               threads: int | None = None, device: str = "cpu",
               progress: bool = False) -> CalibrationResult:
     """Calibrate the initial potentials of ``snn`` against its QCFS ANN on ``data``.
@@ -96,7 +99,11 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
     ``snn`` and ``qcfs`` (models or paths) come from :func:`onnx_rmpe.convert`; layers are
     matched by node name. Any ``v_init`` already in ``snn`` is replaced. ``sweeps > 1``
     repeats the front-to-back sweep, each time measuring with the corrections found so far.
-    ``output`` (if given) receives the calibrated SNN, written only on success.
+    ``target_levels``: the QCFS levels of the ANN target (default ``max(L, T)``: at
+    ``T <= L`` the trained ANN itself; at ``T > L`` the same thresholds with ``T`` levels,
+    the finer activation an SNN with ``T`` steps can express, so a long SNN is not pulled
+    back to the coarser ANN). ``output`` (if given) receives the calibrated SNN, written
+    only on success.
     """
     start = time.perf_counter()
     snn = snn if isinstance(snn, onnx.ModelProto) else load_model(snn)
@@ -111,7 +118,10 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
     check_fits(ds, qcfs)
     T, phi = _snn_settings(snn)
     segs = segments(snn)
-    targets = _ann_means(qcfs, ds, [s.layer.name for s in segs], batch_size, threads, device)
+    levels = int(neuron_attributes(qcfs, QCFS_OP).get("levels", T))
+    target_levels = max(levels, T) if target_levels is None else target_levels
+    targets = _ann_means(_with_levels(qcfs, target_levels), ds, [s.layer.name for s in segs],
+                         batch_size, threads, device)
     v_inits = {s.layer.name: np.zeros((), np.float32) for s in segs}
     with tempfile.TemporaryDirectory(prefix="onnx-rmpe-") as cache_dir, \
             progress_bar(progress, "RMPE") as bar:
@@ -125,7 +135,8 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
     for key, value in {"onnx_rmpe.rmpe": "layerwise", "onnx_rmpe.rmpe_T": str(T),
                        "onnx_rmpe.rmpe_samples": str(len(ds)),
                        "onnx_rmpe.rmpe_granularity": granularity,
-                       "onnx_rmpe.rmpe_sweeps": str(sweeps)}.items():
+                       "onnx_rmpe.rmpe_sweeps": str(sweeps),
+                       "onnx_rmpe.rmpe_target_levels": str(target_levels)}.items():
         set_metadata(out, key, value)
     result = CalibrationResult(out, reports, T, len(ds), time.perf_counter() - start)
     if output is not None:
@@ -133,6 +144,19 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
     logger.info("RMPE calibration of %d layer(s) on %d samples, T=%d: %.1fs", len(segs),
                 len(ds), T, result.seconds)
     return result
+
+
+def _with_levels(qcfs: onnx.ModelProto, levels: int) -> onnx.ModelProto:
+    """The QCFS model with every QCFS node at ``levels`` levels (thresholds unchanged)."""
+    if levels < 1:
+        raise OptionError("target_levels", f"must be at least 1, got {levels}")
+    model = onnx.ModelProto.FromString(qcfs.SerializeToString())
+    for node in model.graph.node:
+        if node.domain == DOMAIN and node.op_type == QCFS_OP:
+            for attr in node.attribute:
+                if attr.name == "levels":
+                    attr.i = levels
+    return ensure_functions(model)
 
 
 def _ann_means(qcfs: onnx.ModelProto, ds: Dataset, names: list[str], batch_size: int,
@@ -165,13 +189,11 @@ def _sweep(segs: list[Segment], ds: Dataset, targets, v_inits, T, phi, granulari
         session = make_session(seg.model, threads=threads, device=device)
         task = bar.add_task(f"sweep {sweep + 1}: {layer.name}", total=2 * len(ds))
         feed = _Feeder(seg, session, ds, caches, thetas, T)
-        (r_prev,) = _simulate(feed, layer, [v_prev], T, phi, batch_size, bar, task)
-        v_new = (v_prev + _granular(T * (target - r_prev), granularity)).astype(np.float32)
         keep = last_use.get(layer.spikes, -1) > i
-        pair = [_new_cache(cache_dir, f"{layer.name}-{k}", (T, len(ds)) + r_prev.shape)
-                for k in range(2)] if keep else None
-        r_new, r_prev = _simulate(feed, layer, [v_new, v_prev], T, phi, batch_size, bar, task,
-                                  pair)
+        cache = (lambda shape: _new_cache(cache_dir, (T, len(ds)) + shape)) if keep else None
+        r_prev, spikes_prev = _simulate(feed, layer, v_prev, T, phi, batch_size, bar, task, cache)
+        v_new = (v_prev + _granular(T * (target - r_prev), granularity)).astype(np.float32)
+        r_new, spikes_new = _simulate(feed, layer, v_new, T, phi, batch_size, bar, task, cache)
         # A neuron keeps the correction only where it helps: the linear response assumed by
         # the closed form fails for neurons whose input barely varies (e.g. at T <= 2).
         better = _granular(np.abs(target - r_new), granularity) <= \
@@ -179,7 +201,7 @@ def _sweep(segs: list[Segment], ds: Dataset, targets, v_inits, T, phi, granulari
         v_inits[layer.name] = np.where(better, v_new, v_prev).astype(np.float32)
         r_after = np.where(better, r_new, r_prev)
         if keep:
-            caches[layer.spikes] = _merge(pair, better, batch_size)
+            caches[layer.spikes] = _merge(spikes_new, spikes_prev, better, batch_size)
         reports.append(LayerReport(layer.name, int(r_prev.size),
                                    float(np.abs(target - r_prev).mean()),
                                    float(np.abs(target - r_after).mean()),
@@ -198,9 +220,9 @@ def _granular(values: np.ndarray, granularity: str) -> np.ndarray:
     return values
 
 
-def _merge(pair: list[np.ndarray], better: np.ndarray, batch_size: int) -> np.ndarray:
-    """Spikes of the chosen initial potential per neuron: ``pair[0]`` where ``better``."""
-    chosen, other = pair
+def _merge(chosen: np.ndarray, other: np.ndarray, better: np.ndarray,
+           batch_size: int) -> np.ndarray:
+    """Spikes of the chosen initial potential per neuron: ``chosen`` where ``better``."""
     for sl in batches(chosen.shape[1], batch_size):
         chosen[:, sl] = np.where(better, chosen[:, sl], other[:, sl])
     return chosen
@@ -226,26 +248,27 @@ class _Feeder:
         return x.reshape((self.T, -1) + x.shape[1:])
 
 
-def _simulate(feed: _Feeder, layer: Layer, v_inits: list, T: int, phi: float,
-              batch_size: int, bar, task, caches: list[np.ndarray] | None = None):
-    """Run the layer over the data once for each initial potential in ``v_inits``.
+def _simulate(feed: _Feeder, layer: Layer, v_init: np.ndarray, T: int, phi: float,
+              batch_size: int, bar, task, cache=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Run the layer over the data with initial potential ``v_init``.
 
-    Returns the mean rate per neuron (``theta * N(T) / T``) for each; writes the spike
-    trains to ``caches`` (one per initial potential) when given.
+    Returns the mean rate per neuron (``theta * N(T) / T``) and, when ``cache`` (a factory
+    of ``[T, samples, ...]`` arrays) is given, the spike trains.
     """
-    totals = [None] * len(v_inits)
+    total, spikes_all = None, None
     for sl in batches(len(feed.ds), batch_size):
         x = feed.current(sl)
-        for k, v_init in enumerate(v_inits):
-            spikes, _ = if_reference(x, layer.theta, v_init, phi)
-            fired = spikes.sum((0, 1), dtype=np.float64)
-            totals[k] = fired if totals[k] is None else totals[k] + fired
-            if caches is not None:
-                caches[k][:, sl] = spikes
+        spikes, _ = if_reference(x, layer.theta, v_init, phi)
+        fired = np.count_nonzero(spikes.reshape((-1,) + spikes.shape[2:]), axis=0)
+        total = fired if total is None else total + fired
+        if cache is not None:
+            if spikes_all is None:
+                spikes_all = cache(spikes.shape[2:])
+            spikes_all[:, sl] = spikes
         bar.advance(task, sl.stop - sl.start)
-    return [t * float(layer.theta) / (T * len(feed.ds)) for t in totals]
+    return total * float(layer.theta) / (T * len(feed.ds)), spikes_all
 
 
-def _new_cache(cache_dir: str, name: str, shape: tuple[int, ...]) -> np.ndarray:
+def _new_cache(cache_dir: str, shape: tuple[int, ...]) -> np.ndarray:
     path = os.path.join(cache_dir, f"{len(os.listdir(cache_dir))}.npy")
     return np.lib.format.open_memmap(path, mode="w+", dtype=bool, shape=shape)

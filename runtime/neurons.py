@@ -146,12 +146,14 @@ def if_reference(x_tn: np.ndarray, theta: np.ndarray | float, v_init: np.ndarray
     """
     theta32 = np.asarray(theta, np.float32)
     v = np.asarray(theta32 * np.float32(phi) + np.asarray(v_init, np.float32), np.float32)
-    v = np.broadcast_to(v, x_tn.shape[1:]).copy()
+    v = np.broadcast_to(v, x_tn.shape[1:]).astype(np.float32, copy=True)
     spikes = np.empty(x_tn.shape, bool)
-    for t, x_t in enumerate(x_tn):
-        m = v + x_t
-        np.greater_equal(m, theta32, out=spikes[t])
-        v = m - spikes[t].astype(np.float32) * theta32
+    out = np.empty_like(v)
+    for t, x_t in enumerate(x_tn):  # in place, the same float32 operations as the Scan body
+        np.add(v, x_t, out=v)
+        np.greater_equal(v, theta32, out=spikes[t])
+        np.multiply(spikes[t], theta32, out=out)
+        np.subtract(v, out, out=v)
     return spikes, v
 
 

@@ -116,3 +116,17 @@ def test_channel_granularity_and_options(resnet, digits_data):
         convert(resnet, T=2, calib=x[:64], rmpe_granularity="layer")
     with pytest.raises(OptionError, match="--calib"):
         convert(resnet, T=2)
+
+
+def test_long_T_targets_finer_levels_and_is_not_worse(resnet, digits_data):
+    """At T > L the target is the ANN with T levels, so RMPE does not pull a long SNN back
+    to the coarser QCFS ANN."""
+    (x, _), (xt, yt) = digits_data
+    plain = convert(resnet, T=16, calib=x[:256], levels=4, rmpe=False)
+    fine = calibrate(plain.snn, plain.qcfs, x[:256])
+    coarse = calibrate(plain.snn, plain.qcfs, x[:256], target_levels=4)
+    assert get_metadata(fine.snn)["onnx_rmpe.rmpe_target_levels"] == "16"
+    acc = {name: accuracy(run(m, xt)[0], yt)
+           for name, m in (("plain", plain.snn), ("fine", fine.snn), ("coarse", coarse.snn))}
+    assert acc["fine"] >= acc["plain"] - 0.005, acc
+    assert acc["fine"] >= acc["coarse"] - 0.005, acc
