@@ -19,7 +19,6 @@ from onnx_rmpe.errors import ConversionError, OptionError
 from onnx_rmpe.modelio import (
     default_opset,
     get_metadata,
-    neuron_attributes,
     prepare,
     read_model,
     save_model,
@@ -32,9 +31,10 @@ from onnx_rmpe.passes.fold_batchnorm import fold_batchnorm
 from onnx_rmpe.passes.maxpool_reorder import maxpool_reorder
 from onnx_rmpe.passes.normalize import normalize
 from onnx_rmpe.passes.qcfs_to_if import qcfs_to_if
+from onnx_rmpe.passes.recognize_qcfs import recognize_qcfs
 from onnx_rmpe.passes.relu_to_qcfs import activation_sites, qcfs_nodes, relu_to_qcfs
 from onnx_rmpe.passes.support import check_supported
-from onnx_rmpe.runtime.neurons import DEFAULT_PHI, QCFS_OP
+from onnx_rmpe.runtime.neurons import DEFAULT_PHI
 from onnx_rmpe.runtime.statistics import positive_percentiles
 from onnx_rmpe.runtime.streaming import snn_to_streaming
 
@@ -80,7 +80,7 @@ def build_qcfs(model: onnx.ModelProto, data: Dataset | None, *, levels: int = 8,
     prepared = prepare(model, source)
     graph = run_passes(to_graph(prepared), [
         ("normalize", normalize), ("fold_batchnorm", fold_batchnorm),
-        ("check_supported", check_supported),
+        ("recognize_qcfs", recognize_qcfs), ("check_supported", check_supported),
     ])
     if len(graph.inputs) != 1:
         names = ", ".join(t.name for t in graph.inputs)
@@ -89,7 +89,11 @@ def build_qcfs(model: onnx.ModelProto, data: Dataset | None, *, levels: int = 8,
     sites = activation_sites(graph)
     trained = qcfs_nodes(graph)
     if trained:  # a fine-tuned QCFS model: its own L wins (one L per model)
-        levels = int(neuron_attributes(prepared, QCFS_OP)["levels"])
+        found = {int(n.attrs.get("levels", levels)) for n in trained}
+        if len(found) > 1:
+            raise ConversionError(f"model '{source}' has QCFS layers with different levels "
+                                  f"{sorted(found)}; one L per model is supported")
+        levels = found.pop()
     if not sites and not trained:
         raise ConversionError(f"model '{source}' has no ReLU-like activation (Relu, Clip(0, m), "
                               "Max(x, 0)) or QCFS node: there is nothing to turn into neurons")

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from onnx_rmpe.errors import ConversionError, MissingDependencyError
@@ -62,7 +63,8 @@ class QCFS(keras.layers.Layer):
 
     def call(self, x, training: bool | None = None):
         L = float(self.levels)
-        u = x * L / self.lam + self.phi
+        # phi as a shape-[1] constant: tf2onnx's transpose optimizer fails on a scalar Add
+        u = x * L / self.lam + ops.full((1,), self.phi, dtype=x.dtype)
         if training:
             q = u + ops.stop_gradient(ops.floor(u) - u)   # straight-through floor
         else:
@@ -123,12 +125,42 @@ def export(model: keras.Model, path: str | os.PathLike | None, input_signature=N
     except Exception as exc:  # noqa: BLE001 - tf2onnx raises many types
         raise ConversionError(f"tf2onnx could not export the Keras model "
                               f"'{model.name}': {type(exc).__name__}: {exc}") from exc
+    proto = _static_reshape_targets(proto)
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         onnx.save(proto, str(path))
     logger.info("exported Keras model '%s' with tf2onnx (opset %d)", model.name, opset)
     return proto
+
+
+def _static_reshape_targets(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace computed Reshape targets (``Flatten`` writes ``Shape -> Gather -> Concat``)
+    by constants ``[-1, d1, ...]`` where shape inference knows every dim but the batch.
+
+    The Shape chain is left dangling (the converter's cleanup drops it); the model computes
+    the same function for any batch size.
+    """
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    shapes = {vi.name: vi.type.tensor_type.shape for vi in
+              list(inferred.graph.value_info) + list(inferred.graph.output)}
+    inits = {i.name for i in model.graph.initializer}
+    fixed = 0
+    for node in model.graph.node:
+        if node.op_type != "Reshape" or node.input[1] in inits:
+            continue
+        shape = shapes.get(node.output[0])
+        dims = list(shape.dim) if shape is not None else []
+        if len(dims) < 2 or not all(d.HasField("dim_value") for d in dims[1:]):
+            continue
+        name = f"{node.name or node.output[0]}_static_shape"
+        target = np.array([-1] + [d.dim_value for d in dims[1:]], np.int64)
+        model.graph.initializer.append(onnx.numpy_helper.from_array(target, name))
+        node.input[1] = name
+        fixed += 1
+    if fixed:
+        logger.debug("made %d Reshape target(s) static", fixed)
+    return model
 
 
 __all__ = ["QCFS", "export"]

@@ -88,7 +88,7 @@ def qcfs_to_if(graph: gs.Graph, *, T: int, phi: float = DEFAULT_PHI) -> PassResu
             continue
         outs = [t.name for t in node.outputs]
         if node.op == QCFS_OP and node.domain == DOMAIN:
-            _to_if(node, as_temporal(node.inputs[0]), T, phi)
+            _to_if(node, as_temporal(node.inputs[0]), T, float(node.attrs.get("phi", phi)))
             neurons += 1
         elif not any(t.name in temporal for t in node.inputs):
             continue

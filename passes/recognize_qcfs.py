@@ -19,14 +19,16 @@ It is a QCFS exactly when, for some ``lam > 0`` and integer ``L >= 1``::
     f(n) = lam * clip(n / L, 0, 1)  for every integer n,   s = L / lam,   b = phi
 
 ``lam`` is ``f(+inf)``, ``L = lam / (f(1) - f(0))``; both are checked on ``n = -3..L+3``
-(relative tolerance 1e-4). The shortest backward chain and the longest forward chain
-that fit are taken, so neighbouring scalar ops of other layers stay where they are. The
+(relative tolerance 1e-4). The longest forward chain and, for it, the shortest backward
+chain that fit are taken, so neighbouring scalar ops of other layers stay where they are. The
 straight-through form of the floor, ``u + (floor(u) - u)`` (what ``x + stop_gradient(...)``
 or ``.detach()`` exports to), is first reduced to ``floor(u)``.
 
 Invariant: the graph computes the same function; every recognized pattern is one
 ``onnx_rmpe::QCFS`` node (attributes ``levels``, ``phi``; threshold constant
-``<node>.lam``), followed by the pattern's Transposes if it had any. A Floor that does
+``<node>.lam``), followed by the pattern's Transposes if it had any, and preceded by a
+``Mul`` by ``s * lam / L`` where the exporter folded the scale ``L / lam`` into the layer
+before (tf2onnx merges a scalar Mul into Conv weights). A Floor that does
 not fit is left alone (the reason is logged) and :func:`check_supported` reports it.
 """
 
@@ -90,8 +92,9 @@ def _collapse_straight_through(graph: gs.Graph) -> bool:
                         consumer.inputs[i] = f_out
             if out in graph.outputs:
                 graph.outputs[graph.outputs.index(out)] = f_out
-            add.inputs.clear()
-            add.outputs.clear()
+            for node in (add, sub):
+                node.inputs.clear()
+                node.outputs.clear()
             collapsed += 1
             break
     if collapsed:
@@ -208,8 +211,9 @@ def _affine(chain: list[gs.Node]) -> tuple[float, float]:
     return float(v[1] - v[0]), float(v[0])
 
 
-def _as_qcfs(chain: list[gs.Node], s: float) -> tuple[float, int] | None:
-    """``(lam, L)`` if ``chain(floor value n)`` is ``lam * clip(n / L, 0, 1)`` and ``s = L/lam``."""
+def _as_qcfs(chain: list[gs.Node], s: float | None) -> tuple[float, int] | None:
+    """``(lam, L)`` if ``chain(floor value n)`` is ``lam * clip(n / L, 0, 1)`` and ``s = L/lam``
+    (``s`` None: any scale)."""
     def f(n: np.ndarray) -> np.ndarray:
         v = n.astype(np.float64)
         for node in chain:
@@ -226,7 +230,7 @@ def _as_qcfs(chain: list[gs.Node], s: float) -> tuple[float, int] | None:
     want = lam * np.clip(n / levels, 0.0, 1.0)
     if not np.allclose(f(n), want, rtol=_RTOL, atol=_RTOL * lam):
         return None
-    if not np.isclose(s, levels / lam, rtol=_RTOL, atol=0.0):
+    if s is not None and not np.isclose(s, levels / lam, rtol=_RTOL, atol=0.0):
         return None
     return lam, levels
 
@@ -235,19 +239,34 @@ def _match(graph: gs.Graph, floor: gs.Node):
     back, fwd = _backward_chain(graph, floor), _forward_chain(graph, floor)
     if not back:
         return None, "no scaling by constants in front of it"
-    for nb in range(1, len(back) + 1):             # shortest backward chain first
-        s, b = _affine(back[:nb])
-        for nf in range(len(fwd), 0, -1):           # longest forward chain first
+    for nf in range(len(fwd), 0, -1):               # longest forward chain first
+        for nb in range(1, len(back) + 1):          # then the shortest backward chain
+            s, b = _affine(back[:nb])
             fit = _as_qcfs(fwd[:nf], s)
             if fit is not None and -1e-6 <= b <= 1 + 1e-6:
-                return (back[:nb], fwd[:nf], fit[0], fit[1], b), ""
+                return (back, nb, fwd[:nf], fit[0], fit[1], b, 1.0), ""
+    # the exporter folded the scale L / lam into the layer before (tf2onnx merges a scalar
+    # Mul into Conv weights): keep the function with a rescaling Mul in front of the QCFS
+    s, b = _affine(back)
+    for nf in range(len(fwd), 0, -1):
+        fit = _as_qcfs(fwd[:nf], None)
+        if fit is not None and s > 0 and -1e-6 <= b <= 1 + 1e-6:
+            return (back, len(back), fwd[:nf], fit[0], fit[1], b, s * fit[0] / fit[1]), ""
     return None, (f"the {len(back)} op(s) before and {len(fwd)} after it do not compute "
                   "lam * clip(floor(x * L / lam + phi) / L, 0, 1)")
 
 
-def _rewrite(graph: gs.Graph, floor: gs.Node, back: list[gs.Node], fwd: list[gs.Node],
-             lam: float, levels: int, phi: float) -> None:
+def _rewrite(graph: gs.Graph, floor: gs.Node, all_back: list[gs.Node], nb: int,
+             fwd: list[gs.Node], lam: float, levels: int, phi: float, rescale: float) -> None:
+    back = all_back[:nb]
     x = _scalar_operand(back[-1])[0]
+    fresh = Names(graph)
+    if rescale != 1.0:  # x * s * lam / L is the true QCFS input
+        scaled = gs.Variable(fresh(f"{floor.name}_input"), dtype=np.float32)
+        graph.nodes.append(gs.Node("Mul", fresh(f"{floor.name}_rescale"), inputs=[
+            x, gs.Constant(fresh(f"{floor.name}.scale"), np.array(rescale, np.float32))],
+            outputs=[scaled]))
+        x = scaled
     y = fwd[-1].outputs[0]
     transposes = [n for n in reversed(back) if n.op in LAYOUT_OPS] + \
                  [n for n in fwd if n.op in LAYOUT_OPS]
@@ -255,9 +274,9 @@ def _rewrite(graph: gs.Graph, floor: gs.Node, back: list[gs.Node], fwd: list[gs.
         if node.op not in LAYOUT_OPS:
             node.inputs.clear()
             node.outputs.clear()
+    floor.name = floor.name or fresh("QCFS")
     floor.op, floor.domain = QCFS_OP, DOMAIN
     floor.attrs = {"levels": int(levels), "phi": float(round(phi, 6))}
-    fresh = Names(graph)
     floor.inputs.clear()
     floor.inputs.extend([x, gs.Constant(fresh(f"{floor.name}.lam"), np.array(lam, np.float32))])
     t = y if not transposes else gs.Variable(fresh(f"{floor.name}_out"), dtype=np.float32)

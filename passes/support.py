@@ -104,6 +104,8 @@ def _check(node: gs.Node, data: list[gs.Tensor], kinds: dict[str, str],
         return "a fused onnxruntime op hides its activation", FUSED_FIX
     if domain not in ("", "ai.onnx"):
         return f"ops of domain '{domain}' are not supported", ""
+    if op in ("Shape", "Size"):
+        return "", ""  # reads only the shape; a Reshape of temporal data keeps its batch
     if not data:
         return ("", "") if op in SHAPE_OPS or op in LINEAR_OPS else (
             f"{op} on shape arithmetic is not supported", "")
@@ -119,7 +121,7 @@ def _check(node: gs.Node, data: list[gs.Tensor], kinds: dict[str, str],
 
 def _check_semantics(node: gs.Node, data: list[gs.Tensor]) -> tuple[str, str]:
     op = node.op
-    if op in ("Mul", "Div") and len(data) > 1:
+    if op in ("Mul", "Div", "MatMul", "Gemm") and len(data) > 1:
         return f"{op} of two data tensors is not linear", "multiply by constants only"
     if op == "Div" and node.inputs[1] in data:
         return "division by a data tensor is not linear", ""

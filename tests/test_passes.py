@@ -51,10 +51,10 @@ def test_fold_batchnorm_gemm_and_matmul(trans_b, with_c, rng):
     for lin in ("Gemm", "MatMul"):
         if lin == "MatMul" and (trans_b or with_c):
             continue
-        node = helper.make_node(lin, gemm_in, ["h"], **({"transB": trans_b} if lin == "Gemm" else {}))
-        model = make_model([node, helper.make_node("BatchNormalization", ["h", "g", "be", "m", "v"],
-                                                   ["y"])], [vi("x", ["N", 4])], [vi("y", ["N", 6])],
-                           inits)
+        attrs = {"transB": trans_b} if lin == "Gemm" else {}
+        node = helper.make_node(lin, gemm_in, ["h"], **attrs)
+        bn_node = helper.make_node("BatchNormalization", ["h", "g", "be", "m", "v"], ["y"])
+        model = make_model([node, bn_node], [vi("x", ["N", 4])], [vi("y", ["N", 6])], inits)
         folded, changed = _apply(model, fold_batchnorm)
         assert changed and "BatchNormalization" not in _ops(folded)
         assert_numerically_equal(model, folded, rng.normal(size=(9, 4)).astype(np.float32), 1e-5)

@@ -34,7 +34,8 @@ def plain_and_calibrated(resnet, digits_data):
 
 def _layer_rates(snn, qcfs, x, T):
     """Per-layer mean SNN rate and mean ANN activation, measured directly on the full SNN."""
-    layers = [(n.name, n.outputs[0].name, float(n.inputs[1].values)) for n in if_nodes(to_graph(snn))]
+    layers = [(n.name, n.outputs[0].name, float(n.inputs[1].values))
+              for n in if_nodes(to_graph(snn))]
     snn_out = run(expose_outputs(snn, [s for _, s, _ in layers]), x)
     ann_names = {n.name: n.output[0] for n in qcfs.graph.node}
     ann_out = run(expose_outputs(qcfs, [ann_names[n] for n, _, _ in layers]), x)

@@ -13,7 +13,9 @@ except ImportError:  # pragma: no cover - exercised only without torch
     from onnx_rmpe.errors import MissingDependencyError
     raise MissingDependencyError("torch", "torch", "the torch support of onnx-rmpe") from None
 
+from onnx_rmpe.torch.export import export
 from onnx_rmpe.torch.interpreter import OnnxModule, write_back
 from onnx_rmpe.torch.qcfs import QCFS, QCFSFunction, export_opsets, qcfs
 
-__all__ = ["QCFS", "QCFSFunction", "OnnxModule", "export_opsets", "qcfs", "write_back"]
+__all__ = ["QCFS", "QCFSFunction", "OnnxModule", "export", "export_opsets", "qcfs",
+           "write_back"]
