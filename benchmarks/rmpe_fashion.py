@@ -42,6 +42,7 @@ from onnx_rmpe.calibrate import calibrate
 from onnx_rmpe.convert import build_qcfs, convert, qcfs_to_snn
 from onnx_rmpe.data import Dataset
 from onnx_rmpe.evaluate import evaluate
+from onnx_rmpe.finetune import finetune
 from onnx_rmpe.runtime.session import batches, make_session
 
 STEPS = (1, 2, 4, 8, 16, 32, 64)
@@ -159,31 +160,43 @@ def run_net(name, make, xtr, ytr, xcal, test, cfg) -> dict:
     r["levels"] = {}
     qcfs8 = None
     for L in LEVELS:
-        # the QCFS thresholds come from the first 512 calibration images, as in convert()
-        qcfs, thr = build_qcfs(relu, Dataset(xcal[:CALIB_DEFAULT]), levels=L, threads=THREADS)
-        if L == 8:
-            qcfs8 = qcfs
-        rl: dict = {"qcfs": acc(qcfs, test), "thresholds": thr}
-        plain = convert(relu, T=Tmax, calib=xcal, levels=L, rmpe=False, threads=THREADS)
-        curve = per_step(plain.snn, test, Tmax)
-        rl["plain"] = {t: curve[t - 1] for t in steps}
-        log(name, f"L={L} QCFS {rl['qcfs']:.4f} plain {rl['plain']}")
-        if L == 8:
-            # causality check: the T=4 step of the T=64 model vs. a T=4 model of its own
-            check_T = 4 if 4 in steps else steps[0]
-            sep = convert(relu, T=check_T, calib=xcal, levels=L, rmpe=False, threads=THREADS)
-            rl["plain_check"] = {"T": check_T, "separate": acc(sep.snn, test, check_T),
-                                 "from_Tmax_per_step": rl["plain"][check_T]}
-        rl["rmpe"], rl["rmpe_calib_seconds"], rl["rmpe_layers"] = {}, {}, {}
-        for T in steps:
-            res = convert(relu, T=T, calib=xcal, levels=L, rmpe=True, threads=THREADS)
-            assert res.thresholds == thr, "convert() QCFS differs from build_qcfs()"
-            rl["rmpe"][T] = acc(res.snn, test, T)
-            rl["rmpe_calib_seconds"][T] = res.calibration.seconds
-            rl["rmpe_layers"][T] = [vars(layer) for layer in res.calibration.layers]
-            log(name, f"L={L} T={T}: plain {rl['plain'][T]:.4f} RMPE {rl['rmpe'][T]:.4f} "
-                f"(calibration {res.calibration.seconds:.1f}s)")
-        r["levels"][L] = rl
+        variants = [("post-training", relu)]
+        if cfg["finetune_epochs"]:
+            start = time.perf_counter()
+            tuned = finetune(relu, (xtr, ytr), levels=L, epochs=cfg["finetune_epochs"],
+                             batch_size=128, seed=SEED, progress=False)
+            log(name, f"L={L} fine-tuned in {time.perf_counter() - start:.0f}s")
+            variants.append(("fine-tuned", tuned.model))
+        for vname, source in variants:
+            key = f"{L} {vname}"
+            # QCFS thresholds from the first 512 calibration images (post-training, as in
+            # convert()) or the trained ones (fine-tuned)
+            qcfs, thr = build_qcfs(source, Dataset(xcal[:CALIB_DEFAULT]), levels=L,
+                                   threads=THREADS)
+            if L == 8:
+                qcfs8 = qcfs  # the last variant (fine-tuned when run) serves the cost study
+            rl: dict = {"qcfs": acc(qcfs, test), "thresholds": thr}
+            plain = convert(source, T=Tmax, calib=xcal, levels=L, rmpe=False, threads=THREADS)
+            curve = per_step(plain.snn, test, Tmax)
+            rl["plain"] = {t: curve[t - 1] for t in steps}
+            log(name, f"{key} QCFS {rl['qcfs']:.4f} plain {rl['plain']}")
+            if L == 8 and vname == "post-training":
+                # causality check: the T=4 step of the T=64 model vs. a T=4 model of its own
+                check_T = 4 if 4 in steps else steps[0]
+                sep = convert(source, T=check_T, calib=xcal, levels=L, rmpe=False,
+                              threads=THREADS)
+                rl["plain_check"] = {"T": check_T, "separate": acc(sep.snn, test, check_T),
+                                     "from_Tmax_per_step": rl["plain"][check_T]}
+            rl["rmpe"], rl["rmpe_calib_seconds"], rl["rmpe_layers"] = {}, {}, {}
+            for T in steps:
+                res = convert(source, T=T, calib=xcal, levels=L, rmpe=True, threads=THREADS)
+                assert res.thresholds == thr, "convert() QCFS differs from build_qcfs()"
+                rl["rmpe"][T] = acc(res.snn, test, T)
+                rl["rmpe_calib_seconds"][T] = res.calibration.seconds
+                rl["rmpe_layers"][T] = [vars(layer) for layer in res.calibration.layers]
+                log(name, f"{key} T={T}: plain {rl['plain'][T]:.4f} RMPE {rl['rmpe'][T]:.4f} "
+                    f"(calibration {res.calibration.seconds:.1f}s)")
+            r["levels"][key] = rl
 
     # calibration-set size at T=4, L=8 (QCFS fixed: thresholds from 512 images)
     T_c = 4
@@ -263,9 +276,11 @@ def report(results, cfg, meta) -> str:
         "(OneCycle, max lr 4e-3, batch 128), seed 0. Calibration: the first calibration images "
         f"of another seeded permutation of the 60000 training images ({cfg['calib_pool']} "
         f"available). Test: {cfg['test_samples']} test images for every accuracy below (%).",
-        "- QCFS: **post-training** (no fine-tuning): `build_qcfs` / `convert` with thresholds "
-        "= 99.9th percentile of the positive pre-activations on the first 512 calibration "
-        "images, L = 8 and 4, phi = 0.5.",
+        "- QCFS, two variants per L (8 and 4, phi = 0.5): **post-training** (thresholds = "
+        "99.9th percentile of the positive pre-activations on the first 512 calibration "
+        "images) and **fine-tuned** (stage 1: `onnx_rmpe.finetune.finetune` on the training "
+        f"images for {cfg['finetune_epochs']} epoch(s), lr 1e-3, batch 128, thresholds "
+        "trained). The calibration-size curve and the cost study use the fine-tuned L=8 net.",
         f"- SNN plain: `convert(relu, T={max(steps)}, rmpe=False)`, accuracy after each step t "
         "from its per-step output. SNN RMPE: `convert(relu, T=T, calib=x_cal, levels=L, "
         "rmpe=True)` (default calib_samples=512, batch 128, per-neuron v_init, 1 sweep), one "
@@ -275,7 +290,7 @@ def report(results, cfg, meta) -> str:
         "(identity shortcut), 16/2 and 32/2 (1x1-conv + BN shortcuts), GlobalAveragePool, "
         "FC 10 (7 spiking layers).", ""]
     for r in results:
-        rc = r["levels"][8].get("plain_check")
+        rc = r["levels"]["8 post-training"].get("plain_check")
         if rc:
             same = "equal" if rc["separate"] == rc["from_Tmax_per_step"] else "DIFFERENT"
             L_.append(f"- {r['model']}: check of the per-step shortcut: step {rc['T']} of the "
@@ -298,8 +313,8 @@ def report(results, cfg, meta) -> str:
         for L, rl in r["levels"].items():
             L_.append(f"| {r['model']} | {L} | " + " | ".join(
                 f"{rl['rmpe_calib_seconds'][t]:.1f}" for t in steps) + " |")
-    L_ += ["", "## Calibration-set size (T=4, L=8)", "",
-           "QCFS fixed (thresholds from 512 images); `calibrate(qcfs_to_snn(qcfs, T=4), qcfs, "
+    L_ += ["", "## Calibration-set size (T=4, L=8, fine-tuned)", "",
+           "QCFS fixed; `calibrate(qcfs_to_snn(qcfs, T=4), qcfs, "
            "x_cal, samples=n)`; time = `CalibrationResult.seconds` (wall around `calibrate()` "
            "in brackets).", ""]
     sizes = cfg["calib_sizes"]
@@ -348,10 +363,10 @@ def main() -> None:
     torch.set_num_threads(2)
     if args.quick:
         cfg = dict(train_samples=2000, epochs=2, test_samples=1000, steps=(1, 2, 4, 8),
-                   calib_sizes=(64, 256), cost_T=(4,), repeats=1)
+                   calib_sizes=(64, 256), cost_T=(4,), repeats=1, finetune_epochs=1)
     else:
         cfg = dict(train_samples=10000, epochs=2, test_samples=10000, steps=STEPS,
-                   calib_sizes=CALIB_SIZES, cost_T=(4, 8), repeats=3)
+                   calib_sizes=CALIB_SIZES, cost_T=(4, 8), repeats=3, finetune_epochs=2)
     out = Path(args.out or ("/tmp/rmpe_fashion_quick.md" if args.quick
                             else "benchmarks/results/rmpe_fashion.md"))
     start = time.perf_counter()

@@ -17,7 +17,14 @@ def print_calibration(calibration) -> None:
         table.add_row(layer.name, str(layer.neurons), f"{layer.error_before:.4f}",
                       f"{layer.error_after:.4f}", f"{layer.firing_rate:.3f}",
                       f"{layer.mean_abs_v_init:.4f}")
-    Console(width=120).print(table)
+    console = Console(width=120)
+    console.print(table)
+    check = calibration.check
+    if check:
+        verdict = "kept" if calibration.accepted else "REJECTED (uncalibrated potentials kept)"
+        console.print(f"check on the calibration data, {check['metric']} with the "
+                      f"{check['reference']}: before {check['before']:.4f}, after "
+                      f"{check['after']:.4f}: calibration {verdict}")
 
 
 def print_accuracy(result) -> None:

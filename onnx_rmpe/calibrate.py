@@ -53,6 +53,7 @@ from onnx_rmpe.runtime.statistics import expose_outputs
 logger = logging.getLogger(__name__)
 
 GRANULARITIES = ("neuron", "channel")
+CLIP_LEVELS = 1 << 20
 
 
 @dataclass
@@ -75,9 +76,12 @@ class CalibrationResult:
     samples: int = 0
     seconds: float = 0.0
     output_path: Path | None = None
+    accepted: bool = True
+    check: dict | None = None
 
     def as_dict(self) -> dict:
         return {"T": self.T, "samples": self.samples, "seconds": round(self.seconds, 3),
+                "accepted": self.accepted, "check": self.check,
                 "layers": [vars(layer) for layer in self.layers]}
 
 
@@ -91,6 +95,7 @@ def _snn_settings(snn: onnx.ModelProto) -> tuple[int, float]:
 def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | str | os.PathLike,
               data, *, samples: int | None = None, batch_size: int = 128,
               granularity: str = "neuron", sweeps: int = 1, target_levels: int | None = None,
+              check: bool = True, reference: onnx.ModelProto | None = None,
               output: str | os.PathLike | None = None,
               threads: int | None = None, device: str = "cpu",
               progress: bool = False) -> CalibrationResult:
@@ -102,8 +107,13 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
     ``target_levels``: the QCFS levels of the ANN target (default ``max(L, T)``: at
     ``T <= L`` the trained ANN itself; at ``T > L`` the same thresholds with ``T`` levels,
     the finer activation an SNN with ``T`` steps can express, so a long SNN is not pulled
-    back to the coarser ANN). ``output`` (if given) receives the calibrated SNN, written
-    only on success.
+    back to the coarser ANN). ``check``: measure on the calibration data how often the SNN
+    agrees with the labels ``y`` (or, without labels, with the ``reference`` model,
+    default the QCFS ANN) before and after calibration, and keep the calibration only if
+    it does not lower that agreement; calibration pulls the SNN towards the QCFS ANN, which
+    cannot help when that ANN is itself poor (post-training QCFS at small L) or when T is
+    well above L. ``output`` (if given) receives the calibrated SNN, written only on
+    success.
     """
     start = time.perf_counter()
     snn = snn if isinstance(snn, onnx.ModelProto) else load_model(snn)
@@ -120,7 +130,7 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
     segs = segments(snn)
     levels = int(neuron_attributes(qcfs, QCFS_OP).get("levels", T))
     target_levels = max(levels, T) if target_levels is None else target_levels
-    targets = _ann_means(_with_levels(qcfs, target_levels), ds, [s.layer.name for s in segs],
+    targets = _ann_means(qcfs_with_levels(qcfs, target_levels), ds, [s.layer.name for s in segs],
                          batch_size, threads, device)
     v_inits = {s.layer.name: np.zeros((), np.float32) for s in segs}
     with tempfile.TemporaryDirectory(prefix="onnx-rmpe-") as cache_dir, \
@@ -132,13 +142,17 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
     set_initial_potentials(graph, v_inits=v_inits)
     meta = get_metadata(snn)
     out = to_model(graph, metadata=meta)
-    for key, value in {"onnx_rmpe.rmpe": "layerwise", "onnx_rmpe.rmpe_T": str(T),
+    result = CalibrationResult(out, reports, T, len(ds))
+    if check:
+        out = _check(result, snn, reference or qcfs, ds, batch_size, threads, device)
+    for key, value in {"onnx_rmpe.rmpe": "layerwise" if result.accepted else "rejected",
+                       "onnx_rmpe.rmpe_T": str(T),
                        "onnx_rmpe.rmpe_samples": str(len(ds)),
                        "onnx_rmpe.rmpe_granularity": granularity,
                        "onnx_rmpe.rmpe_sweeps": str(sweeps),
                        "onnx_rmpe.rmpe_target_levels": str(target_levels)}.items():
         set_metadata(out, key, value)
-    result = CalibrationResult(out, reports, T, len(ds), time.perf_counter() - start)
+    result.snn, result.seconds = out, time.perf_counter() - start
     if output is not None:
         result.output_path = save_model(out, output)
     logger.info("RMPE calibration of %d layer(s) on %d samples, T=%d: %.1fs", len(segs),
@@ -146,8 +160,49 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
     return result
 
 
-def _with_levels(qcfs: onnx.ModelProto, levels: int) -> onnx.ModelProto:
-    """The QCFS model with every QCFS node at ``levels`` levels (thresholds unchanged)."""
+def _check(result: CalibrationResult, before: onnx.ModelProto, reference: onnx.ModelProto,
+           ds: Dataset, batch_size: int, threads: int | None, device: str) -> onnx.ModelProto:
+    """Keep the calibrated SNN only if it agrees with the reference at least as well."""
+    target = ds.y if ds.y is not None else _outputs(reference, ds, batch_size, threads, device)
+    scores = {name: _agreement(_outputs(model, ds, batch_size, threads, device), target)
+              for name, model in (("before", before), ("after", result.snn))}
+    result.accepted = scores["after"] >= scores["before"]
+    result.check = {"reference": "labels" if ds.y is not None else "ANN",
+                    "metric": "top-1 agreement" if target.ndim == 1 or target.shape[-1] > 1
+                    else "-mean squared error", **scores}
+    if result.accepted:
+        return result.snn
+    logger.warning("RMPE calibration lowered the %s with the %s on the calibration data "
+                   "(%.4f -> %.4f): keeping the uncalibrated potentials. Fine-tune the QCFS "
+                   "ANN (onnx-rmpe finetune) or use T <= L.", result.check["metric"],
+                   result.check["reference"], scores["before"], scores["after"])
+    return before
+
+
+def _outputs(model: onnx.ModelProto, ds: Dataset, batch_size: int, threads: int | None,
+             device: str) -> np.ndarray:
+    """The first output of ``model`` over ``ds`` (for an SNN: averaged over the steps)."""
+    session = make_session(model, threads=threads, device=device)
+    name, out = session.get_inputs()[0].name, session.get_outputs()[0].name
+    return np.concatenate([session.run([out], {name: ds.x[sl]})[0]
+                           for sl in batches(len(ds), batch_size)])
+
+
+def _agreement(outputs: np.ndarray, target: np.ndarray) -> float:
+    """Top-1 agreement with labels or reference outputs; -MSE for single-value outputs."""
+    if target.ndim == 1:
+        return float((outputs.argmax(-1) == target).mean())
+    if target.shape[-1] > 1:
+        return float((outputs.argmax(-1) == target.argmax(-1)).mean())
+    return -float(np.mean((outputs - target) ** 2))
+
+
+def qcfs_with_levels(qcfs: onnx.ModelProto, levels: int) -> onnx.ModelProto:
+    """The QCFS model with every QCFS node at ``levels`` levels (thresholds unchanged).
+
+    With a very large ``levels`` (``CLIP_LEVELS``) it is the clip ANN ``clip(z, 0, lam)``:
+    the ReLU network with its activations capped at the thresholds.
+    """
     if levels < 1:
         raise OptionError("target_levels", f"must be at least 1, got {levels}")
     model = onnx.ModelProto.FromString(qcfs.SerializeToString())

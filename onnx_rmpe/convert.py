@@ -13,12 +13,13 @@ import numpy as np
 import onnx
 
 from onnx_rmpe import __version__
-from onnx_rmpe.calibrate import CalibrationResult, calibrate
+from onnx_rmpe.calibrate import CLIP_LEVELS, CalibrationResult, calibrate, qcfs_with_levels
 from onnx_rmpe.data import Dataset, check_fits, load_data
 from onnx_rmpe.errors import ConversionError, OptionError
 from onnx_rmpe.modelio import (
     default_opset,
     get_metadata,
+    is_qcfs,
     prepare,
     read_model,
     save_model,
@@ -189,6 +190,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     if rmpe:
         calibration = calibrate(snn, qcfs, data, batch_size=batch_size,
                                 granularity=rmpe_granularity, sweeps=rmpe_sweeps,
+                                reference=qcfs if is_qcfs(proto) else
+                                qcfs_with_levels(qcfs, CLIP_LEVELS),
                                 threads=threads, device=device, progress=progress)
         snn = calibration.snn
     if data is not None:

@@ -131,3 +131,23 @@ def test_long_T_targets_finer_levels_and_is_not_worse(resnet, digits_data):
            for name, m in (("plain", plain.snn), ("fine", fine.snn), ("coarse", coarse.snn))}
     assert acc["fine"] >= acc["plain"] - 0.005, acc
     assert acc["fine"] >= acc["coarse"] - 0.005, acc
+
+
+def test_check_rejects_a_calibration_that_lowers_agreement(plain_and_calibrated, digits_data):
+    """With the uncalibrated SNN as reference, 'before' agrees perfectly, so any change is
+    rejected and the model comes back with its uncalibrated potentials."""
+    (x, _), (xt, _) = digits_data
+    plain, _ = plain_and_calibrated
+    result = calibrate(plain.snn, plain.qcfs, x[:256], reference=plain.snn)
+    assert result.check["before"] == 1.0 and result.check["after"] < 1.0
+    assert not result.accepted and result.check["reference"] == "ANN"
+    assert get_metadata(result.snn)["onnx_rmpe.rmpe"] == "rejected"
+    np.testing.assert_array_equal(run(result.snn, xt)[0], run(plain.snn, xt)[0])
+
+
+def test_check_uses_labels_when_present(plain_and_calibrated, digits_data):
+    (x, y), _ = digits_data
+    plain, _ = plain_and_calibrated
+    result = calibrate(plain.snn, plain.qcfs, (x[:256], y[:256]))
+    assert result.check["reference"] == "labels" and result.accepted
+    assert result.check["after"] >= result.check["before"]
