@@ -52,21 +52,29 @@ def main() -> None:
     get = zoo_mod.make_zoo(digits(), _Factory())
     (_, _), (_, yt) = digits()
     start = time.time()
+    from onnx_rmpe.convert import convert
+    from tests.test_zoo import run_all
     lines = ["| architecture | exported with | QCFS ANN | " +
-             " | ".join(f"SNN T={t}" for t in STEPS) + " |", "|---" * (3 + len(STEPS)) + "|"]
+             " | ".join(f"SNN T={t}" for t in STEPS) + " | " +
+             " | ".join(f"RMPE T={t}" for t in STEPS) + " |",
+             "|---" * (3 + 2 * len(STEPS)) + "|"]
     for key, (name, exporter) in ROWS.items():
         try:
             z = get(key)
         except BaseException as exc:  # noqa: BLE001 - a failing row is reported, not hidden
             lines.append(f"| {name} | {exporter} | fails: {type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:80]} |" + " |" * len(STEPS))
+                         f"{str(exc).splitlines()[0][:80]} |" + " |" * (2 * len(STEPS)))
             continue
         k = len(z.snn_out) - 1     # the last output (the only one, or the 2nd head)
         snn = [accuracy(z.per_step[k][t - 1], yt) for t in STEPS]
+        rmpe = [accuracy(run_all(convert(z.result.qcfs_source, T=t, calib=z.calib, levels=8,
+                                         threads=1).snn, z.x_test)[k], yt) for t in STEPS]
         lines.append(f"| {name} | {exporter} | {100 * z.qcfs_acc[k]:.1f} | " +
-                     " | ".join(f"{100 * a:.1f}" for a in snn) + " |")
+                     " | ".join(f"{100 * a:.1f}" for a in snn + rmpe) + " |")
     lines += ["", f"scikit-learn digits (8x8), 1400 train / 397 held-out images; QCFS L=8 "
-              f"post-training (99.9th percentile, 512 images), no RMPE. Command: `python "
+              f"post-training (99.9th percentile, 512 images). SNN: plain conversion (per-step "
+              f"outputs of one T=64 model); RMPE: default convert (calibrated on the same 512 "
+              f"images, checked), one conversion per T. Command: `python "
               f"benchmarks/zoo_digits.py`; machine: {os.cpu_count()}-core CPU; date: "
               f"{datetime.date.today()}; {time.time() - start:.0f} s."]
     text = "\n".join(lines) + "\n"

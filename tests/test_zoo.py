@@ -226,8 +226,9 @@ class Zoo:
 
     def __init__(self, model: onnx.ModelProto, calib: np.ndarray, x_test: np.ndarray,
                  y_test: np.ndarray) -> None:
-        result = convert(model, T=T_ACC, calib=calib, levels=LEVELS, threads=1)
+        result = convert(model, T=T_ACC, calib=calib, levels=LEVELS, threads=1, rmpe=False)
         result.qcfs_source = model
+        self.calib, self.x_test = calib, x_test
         self.result = result
         outs = [o.name for o in result.qcfs.graph.output]
         self.qcfs_out = run_all(result.qcfs, x_test, outs)
