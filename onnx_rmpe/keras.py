@@ -32,7 +32,7 @@ try:
     import keras
     from keras import ops
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise MissingDependencyError("tensorflow", "keras", "onnx_rmpe.keras") from exc
+    raise MissingDependencyError("tensorflow", "tf", "onnx_rmpe.keras") from exc
 
 logger = logging.getLogger(__name__)
 
