@@ -9,7 +9,7 @@ from rich.table import Table
 
 def print_calibration(calibration) -> None:
     table = Table(title=f"RMPE calibration, T={calibration.T}, {calibration.samples} samples, "
-                        f"{calibration.seconds:.1f}s")
+                        f"{calibration.provider}, {calibration.seconds:.1f}s")
     for col in ("layer", "neurons", escape("|E[a]-E[r]| before"), "after", "firing rate",
                 "mean |v_init|"):
         table.add_column(col, justify="left" if col == "layer" else "right")

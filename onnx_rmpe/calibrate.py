@@ -25,6 +25,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +48,7 @@ from onnx_rmpe.passes.rmpe import if_nodes, set_initial_potentials
 from onnx_rmpe.runtime.neurons import DEFAULT_PHI, DOMAIN, QCFS_OP, if_reference
 from onnx_rmpe.runtime.progress import progress_bar
 from onnx_rmpe.runtime.segments import Layer, Segment, segments
-from onnx_rmpe.runtime.session import batches, make_session
+from onnx_rmpe.runtime.session import Device, active_provider, batches, make_session
 from onnx_rmpe.runtime.statistics import expose_outputs
 
 logger = logging.getLogger(__name__)
@@ -78,10 +79,11 @@ class CalibrationResult:
     output_path: Path | None = None
     accepted: bool = True
     check: dict | None = None
+    provider: str = ""
 
     def as_dict(self) -> dict:
         return {"T": self.T, "samples": self.samples, "seconds": round(self.seconds, 3),
-                "accepted": self.accepted, "check": self.check,
+                "accepted": self.accepted, "check": self.check, "provider": self.provider,
                 "layers": [vars(layer) for layer in self.layers]}
 
 
@@ -97,7 +99,8 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
               granularity: str = "neuron", sweeps: int = 1, target_levels: int | None = None,
               check: bool = True, reference: onnx.ModelProto | None = None,
               output: str | os.PathLike | None = None,
-              threads: int | None = None, device: str = "cpu",
+              threads: int | None = None, device: Device = "cpu",
+              providers: Sequence[str] | None = None,
               progress: bool = False) -> CalibrationResult:
     """Calibrate the initial potentials of ``snn`` against its QCFS ANN on ``data``.
 
@@ -115,6 +118,7 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
     well above L. ``output`` (if given) receives the calibrated SNN, written only on
     success.
     """
+    device = list(providers) if providers else device
     start = time.perf_counter()
     snn = snn if isinstance(snn, onnx.ModelProto) else load_model(snn)
     qcfs = qcfs if isinstance(qcfs, onnx.ModelProto) else load_model(qcfs)
@@ -130,8 +134,9 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
     segs = segments(snn)
     levels = int(neuron_attributes(qcfs, QCFS_OP).get("levels", T))
     target_levels = max(levels, T) if target_levels is None else target_levels
-    targets = _ann_means(qcfs_with_levels(qcfs, target_levels), ds, [s.layer.name for s in segs],
-                         batch_size, threads, device)
+    names = [s.layer.name for s in segs]
+    targets, provider = _ann_means(qcfs_with_levels(qcfs, target_levels), ds, names,
+                                   batch_size, threads, device)
     v_inits = {s.layer.name: np.zeros((), np.float32) for s in segs}
     with tempfile.TemporaryDirectory(prefix="onnx-rmpe-") as cache_dir, \
             progress_bar(progress, "RMPE") as bar:
@@ -142,7 +147,7 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
     set_initial_potentials(graph, v_inits=v_inits)
     meta = get_metadata(snn)
     out = to_model(graph, metadata=meta)
-    result = CalibrationResult(out, reports, T, len(ds))
+    result = CalibrationResult(out, reports, T, len(ds), provider=provider)
     if check:
         out = _check(result, snn, reference or qcfs, ds, batch_size, threads, device)
     for key, value in {"onnx_rmpe.rmpe": "layerwise" if result.accepted else "rejected",
@@ -155,8 +160,8 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
     result.snn, result.seconds = out, time.perf_counter() - start
     if output is not None:
         result.output_path = save_model(out, output)
-    logger.info("RMPE calibration of %d layer(s) on %d samples, T=%d: %.1fs", len(segs),
-                len(ds), T, result.seconds)
+    logger.info("RMPE calibration of %d layer(s) on %d samples, T=%d, %s: %.1fs", len(segs),
+                len(ds), T, result.provider, result.seconds)
     return result
 
 
@@ -215,7 +220,7 @@ def qcfs_with_levels(qcfs: onnx.ModelProto, levels: int) -> onnx.ModelProto:
 
 
 def _ann_means(qcfs: onnx.ModelProto, ds: Dataset, names: list[str], batch_size: int,
-               threads: int | None, device: str) -> dict[str, np.ndarray]:
+               threads: int | None, device: Device) -> tuple[dict[str, np.ndarray], str]:
     """E[a_ANN] per neuron for every QCFS node (matched to IF layers by node name)."""
     nodes = {n.name: n.output[0] for n in qcfs.graph.node}
     missing = [n for n in names if n not in nodes]
@@ -230,7 +235,7 @@ def _ann_means(qcfs: onnx.ModelProto, ds: Dataset, names: list[str], batch_size:
         for name, value in zip(names, session.run(outputs, {input_name: ds.x[sl]})):
             total = value.sum(0, dtype=np.float64)
             sums[name] = sums[name] + total if name in sums else total
-    return {name: s / len(ds) for name, s in sums.items()}
+    return {name: s / len(ds) for name, s in sums.items()}, active_provider(session)
 
 
 def _sweep(segs: list[Segment], ds: Dataset, targets, v_inits, T, phi, granularity, batch_size,

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from onnx_rmpe.passes.recognize_qcfs import recognize_qcfs
 from onnx_rmpe.passes.relu_to_qcfs import activation_sites, qcfs_nodes, relu_to_qcfs
 from onnx_rmpe.passes.support import check_supported
 from onnx_rmpe.runtime.neurons import DEFAULT_PHI
+from onnx_rmpe.runtime.session import Device
 from onnx_rmpe.runtime.statistics import positive_percentiles
 from onnx_rmpe.runtime.streaming import snn_to_streaming
 
@@ -76,7 +78,7 @@ def _check_options(T: int, levels: int, percentile: float, calib_samples: int | 
 
 def build_qcfs(model: onnx.ModelProto, data: Dataset | None, *, levels: int = 8,
                percentile: float = 99.9, batch_size: int = 128, threads: int | None = None,
-               device: str = "cpu", source: str = "<model>") -> tuple[onnx.ModelProto, dict]:
+               device: Device = "cpu", source: str = "<model>") -> tuple[onnx.ModelProto, dict]:
     """Normalize a (ReLU or QCFS) ANN and return the QCFS ANN with its thresholds."""
     prepared = prepare(model, source)
     graph = run_passes(to_graph(prepared), [
@@ -146,7 +148,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
             mode: str = "multistep", finetune_data=None, epochs: int = 3,
             finetune_lr: float = 1e-3, seed: int = 0,
             save_qcfs: str | os.PathLike | None = None,
-            threads: int | None = None, device: str = "cpu",
+            threads: int | None = None, device: Device = "cpu",
+            providers: Sequence[str] | None = None,
             progress: bool = False) -> ConversionResult:
     """Convert an ONNX ANN into a multi-step IF-neuron SNN, RMPE-calibrated for ``T``.
 
@@ -159,8 +162,12 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     (:func:`onnx_rmpe.finetune.finetune`, needs torch); its first ``calib_samples`` inputs
     calibrate RMPE when ``calib`` is not given. ``output`` (if
     given) receives the SNN; ``save_qcfs`` the QCFS ANN. Nothing is written unless the
-    whole conversion succeeds.
+    whole conversion succeeds. ``device`` (``cpu`` or ``cuda``, which needs
+    onnxruntime-gpu) or ``providers`` (onnxruntime provider names, which win) choose where
+    thresholds and calibration run; an unavailable provider falls back to CPU with a
+    warning, and ``result.calibration.provider`` says which one ran.
     """
+    device = list(providers) if providers else device
     start = time.perf_counter()
     _check_options(T, levels, percentile, calib_samples, batch_size)
     if output is not None and not isinstance(model, onnx.ModelProto) \

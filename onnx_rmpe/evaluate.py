@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import onnx
@@ -15,7 +16,7 @@ from onnx_rmpe.modelio import get_metadata, is_qcfs, is_snn, is_streaming, load_
 from onnx_rmpe.passes.qcfs_to_if import PER_STEP_SUFFIX
 from onnx_rmpe.runtime.metrics import AccuracyCounter
 from onnx_rmpe.runtime.progress import progress_bar
-from onnx_rmpe.runtime.session import active_provider, batches, make_session
+from onnx_rmpe.runtime.session import Device, active_provider, batches, make_session
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +40,15 @@ class EvaluationResult:
 
 def evaluate(model: str | os.PathLike | onnx.ModelProto, data, *,
              steps: list[int] | None = None, batch_size: int = 256, samples: int | None = None,
-             threads: int | None = None, device: str = "cpu",
+             threads: int | None = None, device: Device = "cpu",
+             providers: Sequence[str] | None = None,
              progress: bool = False) -> EvaluationResult:
     """Accuracy of ``model`` on labelled ``data`` (path, ``(x, y)`` or Dataset).
 
     For an SNN, the accuracy after each step comes from its ``<output>_per_step`` output;
     ``steps`` selects which steps to report (default: all).
     """
+    device = list(providers) if providers else device
     start = time.perf_counter()
     proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
     ds = load_data(data, require_labels=True).head(samples)

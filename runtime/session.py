@@ -26,16 +26,24 @@ def _ort():
     return onnxruntime
 
 
-def resolve_providers(device: str = "cpu", providers: Sequence[str] | None = None) -> list[str]:
-    """The providers to ask for: explicit ``providers`` win over ``device``."""
+Device = str | Sequence[str]
+
+
+def resolve_providers(device: Device = "cpu", providers: Sequence[str] | None = None) -> list[str]:
+    """The providers to ask for: explicit ``providers`` win over ``device``.
+
+    ``device`` is ``cpu``, ``cuda`` or itself a list of onnxruntime provider names.
+    """
     if providers:
         return list(providers)
+    if not isinstance(device, str):
+        return list(device)
     if device not in DEVICE_PROVIDERS:
         raise OptionError("--device", f"unknown device '{device}'; choose cpu or cuda")
     return DEVICE_PROVIDERS[device]
 
 
-def make_session(model: onnx.ModelProto | bytes | str, *, device: str = "cpu",
+def make_session(model: onnx.ModelProto | bytes | str, *, device: Device = "cpu",
                  providers: Sequence[str] | None = None, threads: int | None = None):
     """An InferenceSession; warns when a requested provider is not the one that runs."""
     ort = _ort()

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 
-from onnx_rmpe.runtime.session import make_session, run_batched
+from onnx_rmpe.runtime.session import Device, make_session, run_batched
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def expose_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelPr
 def positive_percentiles(model: onnx.ModelProto, x: np.ndarray, tensors: Sequence[str], *,
                          percentile: float = 99.9, batch_size: int = 128,
                          max_values: int = 2_000_000, seed: int = 0,
-                         threads: int | None = None, device: str = "cpu") -> dict[str, float]:
+                         threads: int | None = None, device: Device = "cpu") -> dict[str, float]:
     """The ``percentile`` of the positive values of each tensor in ``tensors`` over ``x``.
 
     A tensor with no positive value gets NaN (the caller decides what that means).

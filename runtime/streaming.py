@@ -33,7 +33,7 @@ from onnx_rmpe.modelio import (
 )
 from onnx_rmpe.passes.base import run_passes
 from onnx_rmpe.passes.streaming import NEXT_SUFFIX, STEP_STATE, STEP_SUFFIX, to_streaming
-from onnx_rmpe.runtime.session import make_session
+from onnx_rmpe.runtime.session import Device, make_session
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class StreamingRunner:
     logits); ``outputs`` holds all outputs of the last step by name.
     """
 
-    def __init__(self, model: onnx.ModelProto, *, device: str = "cpu",
+    def __init__(self, model: onnx.ModelProto, *, device: Device = "cpu",
                  threads: int | None = None) -> None:
         self.model = model
         self.session = make_session(model, device=device, threads=threads)

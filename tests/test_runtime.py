@@ -59,3 +59,19 @@ def test_written_models_are_ir10_opset_17_to_21(digits_data, tmp_path):
         assert 17 <= opset <= 21, (path, opset)
         onnx.checker.check_model(model, full_check=True)
         make_session(model, threads=1)  # loads in onnxruntime
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(),
+                    reason="CUDA is available here: nothing falls back")
+def test_providers_argument_reports_the_provider_that_ran(caplog, rng):
+    from onnx_rmpe.evaluate import evaluate
+    from tests.graphs import conv_bn_relu
+    model = conv_bn_relu(rng)
+    x = rng.normal(size=(32, 2, 6, 6)).astype(np.float32)
+    caplog.set_level(logging.WARNING, logger="onnx_rmpe")
+    result = convert(model, T=2, calib=x,
+                     providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert result.calibration.provider == "CPUExecutionProvider"
+    assert any("CUDAExecutionProvider is not available" in r.message for r in caplog.records)
+    ev = evaluate(result.snn, (x, np.zeros(len(x), np.int64)), providers=["CPUExecutionProvider"])
+    assert ev.provider == "CPUExecutionProvider" and ev.T == 2
