@@ -59,6 +59,8 @@ def _as_site(node: gs.Node) -> ActivationSite | None:
         if low is not None and float(low) == 0.0:
             return ActivationSite(node.name, node.inputs[0].name,
                                   None if high is None else float(high))
+    if node.op == "Where" and len(node.inputs) == 3:
+        return _where_site(node)
     if node.op == "Max" and len(node.inputs) == 2:
         values = [const_value(t) for t in node.inputs]
         for data_idx, other in ((0, values[1]), (1, values[0])):
@@ -66,6 +68,31 @@ def _as_site(node: gs.Node) -> ActivationSite | None:
                     and values[data_idx] is None:
                 return ActivationSite(node.name, node.inputs[data_idx].name, None)
     return None
+
+
+def _where_site(node: gs.Node) -> ActivationSite | None:
+    """``Where(x > 0, x, 0)`` (``torch.where``) or ``Where(x <= 0, 0, x)``."""
+    cond, a, b = node.inputs
+    test = cond.inputs[0] if cond.inputs else None
+    if test is None or len(test.inputs) != 2:
+        return None
+    left, right = test.inputs
+    if test.op in ("Greater", "GreaterOrEqual") and left is a and _is_zero(right) \
+            and _is_zero(b):
+        return ActivationSite(node.name, a.name, None)
+    if test.op in ("Less", "LessOrEqual") and left is b and _is_zero(right) and _is_zero(a):
+        return ActivationSite(node.name, b.name, None)
+    return None
+
+
+def _is_zero(t: gs.Tensor) -> bool:
+    v = const_value(t)
+    return v is not None and v.size == 1 and float(v.reshape(())) == 0.0
+
+
+def is_relu_like(node: gs.Node) -> bool:
+    """Whether ``node`` is one of the ReLU forms this pass replaces."""
+    return _as_site(node) is not None
 
 
 def _input_value(node: gs.Node, idx: int, default):

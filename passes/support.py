@@ -17,6 +17,7 @@ import onnx_graphsurgeon as gs
 
 from onnx_rmpe.errors import OffendingNode, UnsupportedOpError
 from onnx_rmpe.passes.base import PassResult, classify_tensors, const_value
+from onnx_rmpe.passes.relu_to_qcfs import is_relu_like
 from onnx_rmpe.runtime.neurons import DOMAIN, IF_OP, QCFS_OP
 
 #: Ops that are linear (affine) in their data inputs and keep the batch axis.
@@ -106,6 +107,11 @@ def _check(node: gs.Node, data: list[gs.Tensor], kinds: dict[str, str],
         return f"ops of domain '{domain}' are not supported", ""
     if op in ("Shape", "Size"):
         return "", ""  # reads only the shape; a Reshape of temporal data keeps its batch
+    if op == "Where" and is_relu_like(node):
+        return "", ""  # torch.where(x > 0, x, 0): becomes QCFS
+    if op in ("Greater", "GreaterOrEqual", "Less", "LessOrEqual") and node.outputs[0].outputs \
+            and all(c.op == "Where" and is_relu_like(c) for c in node.outputs[0].outputs):
+        return "", ""  # the test of a ReLU-like Where, removed with it
     if not data:
         return ("", "") if op in SHAPE_OPS or op in LINEAR_OPS else (
             f"{op} on shape arithmetic is not supported", "")

@@ -57,6 +57,10 @@ def _activation(act: str, src: str, dst: str, inits: list) -> list:
     if act == "Max":
         inits.append(("zero", np.array(0, np.float32)))
         return [helper.make_node("Max", [src, "zero"], [dst])]
+    if act == "Where":  # torch.where(x > 0, x, 0)
+        inits.append(("zero", np.array(0, np.float32)))
+        return [helper.make_node("Greater", [src, "zero"], [f"{src}_pos"]),
+                helper.make_node("Where", [f"{src}_pos", src, "zero"], [dst])]
     if act == "LeakyRelu":
         return [helper.make_node("LeakyRelu", [src], [dst], alpha=0.1)]
     if act == "Sigmoid":

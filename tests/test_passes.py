@@ -92,7 +92,8 @@ def test_normalize_negative_case_changes_nothing(rng):
     assert not changed and _ops(out) == ["Relu"]
 
 
-@pytest.mark.parametrize("act,cap", [("Relu", None), ("Clip", 6.0), ("Max", None)])
+@pytest.mark.parametrize("act,cap", [("Relu", None), ("Clip", 6.0), ("Max", None),
+                                     ("Where", None)])
 def test_relu_to_qcfs_matches_numpy(act, cap, rng):
     model = conv_bn_relu(rng, act=act, bn=False)
     graph = to_graph(prepare(model))
@@ -103,6 +104,8 @@ def test_relu_to_qcfs_matches_numpy(act, cap, rng):
     qcfs = to_model(graph, keep_shapes=True)
     onnx.checker.check_model(qcfs, full_check=True)
     assert changed and "QCFS" in _ops(qcfs) and act not in _ops(qcfs)
+    assert "Greater" not in _ops(qcfs)
+    check_supported(to_graph(prepare(model)))  # the ReLU form itself is accepted
     expose = onnx.ModelProto()
     expose.CopyFrom(qcfs)
     expose.graph.output.extend([helper.make_empty_tensor_value_info("c"),
