@@ -107,15 +107,17 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
     ``snn`` and ``qcfs`` (models or paths) come from :func:`onnx_rmpe.convert`; layers are
     matched by node name. Any ``v_init`` already in ``snn`` is replaced. ``sweeps > 1``
     repeats the front-to-back sweep, each time measuring with the corrections found so far.
-    ``target_levels``: the QCFS levels of the ANN target (default ``max(L, T)``: at
-    ``T <= L`` the trained ANN itself; at ``T > L`` the same thresholds with ``T`` levels,
-    the finer activation an SNN with ``T`` steps can express, so a long SNN is not pulled
-    back to the coarser ANN). ``check``: measure on the calibration data how often the SNN
-    agrees with the labels ``y`` (or, without labels, with the ``reference`` model,
-    default the QCFS ANN) before and after calibration, and keep the calibration only if
-    it does not lower that agreement; calibration pulls the SNN towards the QCFS ANN, which
-    cannot help when that ANN is itself poor (post-training QCFS at small L) or when T is
-    well above L. ``output`` (if given) receives the calibrated SNN, written only on
+    ``target_levels``: the QCFS levels of the ANN target. Default: the model's own ``L``
+    when its thresholds were trained (fine-tuned QCFS: that ANN *is* the model); for
+    post-training thresholds ``max(L, T)``: at ``T > L`` the same thresholds with ``T``
+    levels, the finer activation an SNN with ``T`` steps can express, so a long SNN is not
+    pulled back to an arbitrary coarse quantization of the ReLU network.
+    ``check``: measure on the calibration data how often the SNN agrees with the labels
+    ``y`` (or, without labels, with the ``reference`` model, default the QCFS ANN) before
+    and after calibration, and keep the calibration only if it does not lower that
+    agreement; calibration pulls the SNN towards the QCFS ANN, which cannot help when that
+    ANN is itself poor (post-training QCFS at small L) or when T is well above L.
+    ``output`` (if given) receives the calibrated SNN, written only on
     success.
     """
     device = list(providers) if providers else device
@@ -133,7 +135,9 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
     T, phi = _snn_settings(snn)
     segs = segments(snn)
     levels = int(neuron_attributes(qcfs, QCFS_OP).get("levels", T))
-    target_levels = max(levels, T) if target_levels is None else target_levels
+    if target_levels is None:
+        trained = get_metadata(qcfs).get("onnx_rmpe.thresholds_from") == "training"
+        target_levels = levels if trained else max(levels, T)
     names = [s.layer.name for s in segs]
     targets, provider = _ann_means(qcfs_with_levels(qcfs, target_levels), ds, names,
                                    batch_size, threads, device)

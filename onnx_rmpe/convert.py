@@ -119,7 +119,8 @@ def build_qcfs(model: onnx.ModelProto, data: Dataset | None, *, levels: int = 8,
         thresholds[node.name] = float(np.asarray(node.inputs[1].values))
     qcfs = to_model(graph, keep_shapes=True, metadata={
         **get_metadata(prepared), "onnx_rmpe.kind": "qcfs", "onnx_rmpe.version": __version__,
-        "onnx_rmpe.levels": str(levels), "onnx_rmpe.percentile": str(percentile)})
+        "onnx_rmpe.levels": str(levels), "onnx_rmpe.percentile": str(percentile),
+        "onnx_rmpe.thresholds_from": "percentile" if sites else "training"})
     return qcfs, thresholds
 
 
