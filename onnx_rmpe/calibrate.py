@@ -14,7 +14,9 @@ For each IF layer ``l`` in topological order, with layers ``1..l-1`` already cal
    varies, as at T <= 2), and cache the layer's spikes (bool, on disk) for the layers
    that read them; drop caches no later layer needs.
 
-Cost: one ANN pass plus two passes of each segment, about 2-3 SNN passes in all; memory:
+Cost: one ANN pass, one pass of each segment (its input currents are kept for the second
+simulation, up to ``CURRENT_CACHE_BYTES`` for one layer at a time) and two neuron
+simulations per layer; memory:
 running sums plus the spike caches of the open layers, memory-mapped from a temporary
 directory, so RAM does not grow with the number of samples.
 """
@@ -55,6 +57,9 @@ logger = logging.getLogger(__name__)
 
 GRANULARITIES = ("neuron", "channel")
 CLIP_LEVELS = 1 << 20
+#: Largest input-current cache of one layer (bytes, in memory, freed after the layer);
+#: beyond it the second pass runs the segment again instead.
+CURRENT_CACHE_BYTES = 256 << 20
 
 
 @dataclass
@@ -252,7 +257,8 @@ def _sweep(segs: list[Segment], ds: Dataset, targets, v_inits, T, phi, granulari
         layer, target, v_prev = seg.layer, targets[seg.layer.name], v_inits[seg.layer.name]
         session = make_session(seg.model, threads=threads, device=device)
         task = bar.add_task(f"sweep {sweep + 1}: {layer.name}", total=2 * len(ds))
-        feed = _Feeder(seg, session, ds, caches, thetas, T)
+        feed = _Feeder(seg, session, ds, caches, thetas, T,
+                       store=lambda shape: _ram_cache((T, len(ds)) + shape, CURRENT_CACHE_BYTES))
         keep = last_use.get(layer.spikes, -1) > i
         cache = (lambda shape: _new_cache(cache_dir, (T, len(ds)) + shape)) if keep else None
         r_prev, spikes_prev = _simulate(feed, layer, v_prev, T, phi, batch_size, bar, task, cache)
@@ -293,14 +299,24 @@ def _merge(chosen: np.ndarray, other: np.ndarray, better: np.ndarray,
 
 
 class _Feeder:
-    """Feeds a segment batch by batch: the raw input and/or cached spikes (as theta * s)."""
+    """Feeds a segment batch by batch: the raw input and/or cached spikes (as theta * s).
 
-    def __init__(self, seg: Segment, session, ds: Dataset, caches, thetas, T: int) -> None:
+    The first pass over the data also keeps the layer's input currents (up to
+    ``CURRENT_CACHE_BYTES``), so the second pass reads them instead of running the segment
+    again.
+    """
+
+    def __init__(self, seg: Segment, session, ds: Dataset, caches, thetas, T: int,
+                 store=None) -> None:
         self.seg, self.session, self.ds, self.caches, self.T = seg, session, ds, caches, T
-        self.thetas = thetas
+        self.thetas, self.store = thetas, store
+        self.stored: np.ndarray | None = None
+        self.complete = False
         self.input_name = session.get_inputs()[0].name if seg.needs_input else None
 
     def current(self, sl: slice) -> np.ndarray:
+        if self.complete:
+            return np.asarray(self.stored[:, sl])
         feed = {}
         if self.seg.needs_input:
             feed[self.input_name] = self.ds.x[sl]
@@ -309,7 +325,18 @@ class _Feeder:
             feed[name] = (spikes.astype(np.float32) * self.thetas[name]).reshape(
                 (-1,) + spikes.shape[2:])
         x = self.session.run([self.seg.layer.current], feed)[0]
-        return x.reshape((self.T, -1) + x.shape[1:])
+        x = x.reshape((self.T, -1) + x.shape[1:])
+        if self.store is not None:
+            if self.stored is None:
+                self.stored = self.store(x.shape[2:])
+                self.store = None if self.stored is None else self.store
+            if self.stored is not None:
+                self.stored[:, sl] = x
+        return x
+
+    def finish_pass(self) -> None:
+        self.complete = self.stored is not None
+        self.store = None
 
 
 def _simulate(feed: _Feeder, layer: Layer, v_init: np.ndarray, T: int, phi: float,
@@ -330,9 +357,18 @@ def _simulate(feed: _Feeder, layer: Layer, v_init: np.ndarray, T: int, phi: floa
                 spikes_all = cache(spikes.shape[2:])
             spikes_all[:, sl] = spikes
         bar.advance(task, sl.stop - sl.start)
+    feed.finish_pass()
     return total * float(layer.theta) / (T * len(feed.ds)), spikes_all
 
 
 def _new_cache(cache_dir: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A memory-mapped boolean array in ``cache_dir``."""
     path = os.path.join(cache_dir, f"{len(os.listdir(cache_dir))}.npy")
     return np.lib.format.open_memmap(path, mode="w+", dtype=bool, shape=shape)
+
+
+def _ram_cache(shape: tuple[int, ...], limit: int) -> np.ndarray | None:
+    """A float32 array in memory, or None if it would take more than ``limit`` bytes."""
+    if int(np.prod(shape, dtype=np.int64)) * 4 > limit:
+        return None
+    return np.empty(shape, np.float32)

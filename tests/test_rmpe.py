@@ -151,3 +151,17 @@ def test_check_uses_labels_when_present(plain_and_calibrated, digits_data):
     result = calibrate(plain.snn, plain.qcfs, (x[:256], y[:256]))
     assert result.check["reference"] == "labels" and result.accepted
     assert result.check["after"] >= result.check["before"]
+
+
+def test_current_cache_and_rerun_give_the_same_calibration(plain_and_calibrated, digits_data,
+                                                           monkeypatch):
+    """Reading the cached input currents or running the segment again: same potentials."""
+    import sys
+    cal = sys.modules["onnx_rmpe.calibrate"]
+    (x, _), _ = digits_data
+    plain, _ = plain_and_calibrated
+    cached = calibrate(plain.snn, plain.qcfs, x[:200], check=False)
+    monkeypatch.setattr(cal, "CURRENT_CACHE_BYTES", 0)
+    rerun = calibrate(plain.snn, plain.qcfs, x[:200], check=False)
+    for a, b in zip(if_nodes(to_graph(cached.snn)), if_nodes(to_graph(rerun.snn))):
+        np.testing.assert_array_equal(a.inputs[2].values, b.inputs[2].values)
