@@ -15,9 +15,12 @@ import argparse
 import datetime
 import os
 import platform
+import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 DATA = "/work/shared/data/fashion_mnist.npz"
