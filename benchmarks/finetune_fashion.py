@@ -16,12 +16,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import platform
 import subprocess
+import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,26 +36,16 @@ from onnx_rmpe.finetune import finetune
 STEPS = (1, 2, 4, 8, 16, 32)
 
 
+sys.path.insert(0, os.path.dirname(__file__))
+from rmpe_fashion import Residual, export  # noqa: E402  (the same blocks and export)
+
+
 def vgg() -> nn.Module:
     def block(cin, cout):
         return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
     return nn.Sequential(*block(1, 8), *block(8, 8), nn.AvgPool2d(2), *block(8, 16),
                          *block(16, 16), nn.AvgPool2d(2), nn.Flatten(),
                          nn.Linear(16 * 7 * 7, 64), nn.ReLU(), nn.Linear(64, 10))
-
-
-class Residual(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
-            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
-        self.skip = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
-            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-        self.act = nn.ReLU()
-
-    def forward(self, x):
-        return self.act(self.body(x) + self.skip(x))
 
 
 def resnet() -> nn.Module:
@@ -81,16 +70,6 @@ def train_ann(net: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: i
             opt.step()
         times.append(time.perf_counter() - start)
     return net.eval(), times
-
-
-def export(net: nn.Module, x: np.ndarray) -> onnx.ModelProto:
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, torch.from_numpy(x[:1]), buf, dynamo=False,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    return onnx.load_from_string(buf.getvalue())
 
 
 def predict(model: onnx.ModelProto, x: np.ndarray, output: str, batch: int = 250) -> np.ndarray:
