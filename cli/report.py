@@ -22,9 +22,11 @@ def print_calibration(calibration) -> None:
     check = calibration.check
     if check:
         verdict = "kept" if calibration.accepted else "REJECTED (uncalibrated potentials kept)"
-        console.print(f"check on the calibration data, {check['metric']} with the "
-                      f"{check['reference']}: before {check['before']:.4f}, after "
-                      f"{check['after']:.4f}: calibration {verdict}")
+        labels = (f"; accuracy on its labels {check['accuracy_before']:.4f} -> "
+                  f"{check['accuracy_after']:.4f}" if "accuracy_before" in check else "")
+        console.print(f"check on the calibration data, {check['metric']}: "
+                      f"{check['before']:.4g} -> {check['after']:.4g}{labels}: "
+                      f"calibration {verdict}")
 
 
 def print_accuracy(result) -> None:

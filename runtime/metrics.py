@@ -1,12 +1,8 @@
-"""Metrics of model outputs: accuracy, per-step accuracy curves, spike-count energy."""
+"""Metrics of model outputs: accuracy and per-step accuracy curves."""
 
 from __future__ import annotations
 
 import numpy as np
-
-#: Energy per operation at 45 nm (Horowitz 2014): accumulate and multiply-accumulate.
-E_AC_PJ = 0.9
-E_MAC_PJ = 4.6
 
 
 class AccuracyCounter:
@@ -28,7 +24,3 @@ class AccuracyCounter:
             return []
         return [float(c) / self.total for c in self.correct]
 
-
-def energy_pj(synaptic_ops: float, macs: float = 0.0) -> float:
-    """Energy estimate: SOPs (accumulates) and MACs at 45 nm figures."""
-    return synaptic_ops * E_AC_PJ + macs * E_MAC_PJ

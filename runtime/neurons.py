@@ -19,8 +19,6 @@ with the membrane potential as state; onnxruntime inlines the function.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
@@ -30,26 +28,6 @@ DOMAIN_VERSION = 1
 QCFS_OP = "QCFS"
 IF_OP = "IFNeuron"
 DEFAULT_PHI = 0.5
-
-
-@dataclass(frozen=True)
-class MembraneSubtract:
-    """Reset by subtraction: after a spike the threshold is subtracted from the potential.
-
-    This keeps the surplus charge, which is what makes the rate of an IF neuron equal to
-    its mean input (up to the residual potential) and is the reset RMPE assumes.
-    """
-
-    name: str = "subtract"
-
-
-@dataclass(frozen=True)
-class IFNeuronSpec:
-    """Parameters of one IF layer: ``T`` steps, start fraction ``phi`` of the threshold."""
-
-    T: int
-    phi: float = DEFAULT_PHI
-    reset: MembraneSubtract = MembraneSubtract()
 
 
 def _const(out: str, value: np.ndarray) -> onnx.NodeProto:

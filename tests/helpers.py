@@ -53,9 +53,26 @@ def digits(seed: int = 0):
 
 def train(net, x: np.ndarray, y: np.ndarray, *, epochs: int = 15, lr: float = 1e-2,
           seed: int = 0, batch: int = 64):
-    """Train a torch module a few seconds (Adam, cross-entropy); returns it in eval mode."""
+    """Train a torch module a few seconds (Adam, cross-entropy); returns it in eval mode.
+
+    One torch thread while training: multi-threaded CPU kernels do not sum in a fixed
+    order, and the tests assert on the resulting numbers, so they must be reproducible.
+    """
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(net, x, y, epochs=epochs, lr=lr, seed=seed, batch=batch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(net, x, y, *, epochs, lr, seed, batch):
     import torch
     torch.manual_seed(seed)
+    for module in net.modules():  # the same start whatever ran before the net was built
+        if module is not net and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
     opt = torch.optim.Adam(net.parameters(), lr)
     X, Y = torch.tensor(x), torch.tensor(y)
     g = torch.Generator().manual_seed(seed)
