@@ -159,9 +159,9 @@ def test_torch_qcfs_export_converts(digits_data):
     assert abs(snn_acc - torch_acc) < 0.03  # measured 0.987 vs 0.985
 
 
-def _finetune_cmd():
-    from onnx_rmpe.cli.finetune import finetune_cmd
-    return finetune_cmd
+def _cli():
+    from onnx_rmpe.cli.main import cli
+    return cli
 
 
 def test_cli_finetune(tmp_path, relu_model, digits_data):
@@ -169,9 +169,10 @@ def test_cli_finetune(tmp_path, relu_model, digits_data):
     onnx.save(relu_model, tmp_path / "net.onnx")
     np.savez(tmp_path / "train.npz", x=x[:300], y=y[:300])
     np.savez(tmp_path / "val.npz", x=xv, y=yv)
-    res = CliRunner().invoke(_finetune_cmd(), [
-        str(tmp_path / "net.onnx"), "--data", str(tmp_path / "train.npz"), "--levels", "2",
-        "--epochs", "1", "--val", str(tmp_path / "val.npz"), "--seed", "1", "--no-progress"])
+    res = CliRunner().invoke(_cli(), [
+        "finetune", str(tmp_path / "net.onnx"), "--data", str(tmp_path / "train.npz"),
+        "--levels", "2", "--epochs", "1", "--val", str(tmp_path / "val.npz"), "--seed", "1",
+        "--no-progress"])
     assert res.exit_code == 0, res.output
     assert "epoch 1: loss" in res.output and "PASSED" in res.output
     out = tmp_path / "net.qcfs.onnx"
@@ -185,8 +186,8 @@ def test_cli_finetune_user_error(tmp_path, relu_model, digits_data):
     (x, _), _ = digits_data
     onnx.save(relu_model, tmp_path / "net.onnx")
     np.savez(tmp_path / "nolabels.npz", x=x[:50])
-    res = CliRunner().invoke(_finetune_cmd(), [
-        str(tmp_path / "net.onnx"), "--data", str(tmp_path / "nolabels.npz"),
+    res = CliRunner().invoke(_cli(), [
+        "finetune", str(tmp_path / "net.onnx"), "--data", str(tmp_path / "nolabels.npz"),
         "-o", str(tmp_path / "out.onnx"), "--no-progress"])
     assert res.exit_code == 1
     assert "no labels" in res.output
