@@ -22,11 +22,10 @@ def print_calibration(calibration) -> None:
     check = calibration.check
     if check:
         verdict = "kept" if calibration.accepted else "REJECTED (uncalibrated potentials kept)"
-        labels = (f"; accuracy on its labels {check['accuracy_before']:.4f} -> "
-                  f"{check['accuracy_after']:.4f}" if "accuracy_before" in check else "")
-        console.print(f"check on the calibration data, {check['metric']}: "
-                      f"{check['before']:.4g} -> {check['after']:.4g}{labels}: "
-                      f"calibration {verdict}")
+        console.print(f"check on the calibration data: output error to the ANN "
+                      f"{check['before']:.4g} -> {check['after']:.4g}, top-1 agreement with "
+                      f"the {check['agreement_with']} {check['agreement_before']:.4f} -> "
+                      f"{check['agreement_after']:.4f}: calibration {verdict}")
 
 
 def print_accuracy(result) -> None:
