@@ -121,7 +121,6 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     with open(args.out, "w") as fh:
         fh.write(text)
-    import sys
     sys.stdout.write(text)
 
 

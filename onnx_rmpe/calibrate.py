@@ -46,8 +46,8 @@ from onnx_rmpe.modelio import (
     to_graph,
     to_model,
 )
-from onnx_rmpe.passes.rmpe import if_nodes, set_initial_potentials
-from onnx_rmpe.runtime.neurons import DEFAULT_PHI, DOMAIN, QCFS_OP, if_reference
+from onnx_rmpe.passes.rmpe import set_initial_potentials
+from onnx_rmpe.runtime.neurons import DEFAULT_PHI, DOMAIN, IF_OP, QCFS_OP, if_reference
 from onnx_rmpe.runtime.progress import progress_bar
 from onnx_rmpe.runtime.segments import Layer, Segment, segments
 from onnx_rmpe.runtime.session import Device, active_provider, batches, make_session
@@ -96,10 +96,11 @@ class CalibrationResult:
 
 
 def _snn_settings(snn: onnx.ModelProto) -> tuple[int, float]:
-    nodes = if_nodes(to_graph(snn))
-    if not nodes:
+    """T and phi of the (model-wide) IF neurons, read from the node attributes."""
+    attrs = neuron_attributes(snn, IF_OP)
+    if "T" not in attrs:
         raise ConversionError("the model has no IFNeuron node: calibrate a converted SNN")
-    return int(nodes[0].attrs["T"]), float(nodes[0].attrs.get("phi", DEFAULT_PHI))
+    return int(attrs["T"]), float(attrs.get("phi", DEFAULT_PHI))
 
 
 def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | str | os.PathLike,
