@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import click
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -21,11 +22,13 @@ def print_calibration(calibration) -> None:
     console.print(table)
     check = calibration.check
     if check:
-        verdict = "kept" if calibration.accepted else "REJECTED (uncalibrated potentials kept)"
-        console.print(f"check on the calibration data: output error to the ANN "
-                      f"{check['before']:.4g} -> {check['after']:.4g}, top-1 agreement with "
-                      f"the {check['agreement_with']} {check['agreement_before']:.4f} -> "
-                      f"{check['agreement_after']:.4f}: calibration {verdict}")
+        verdict = "kept" if calibration.accepted else "REJECTED (previous potentials kept)"
+        z = "n/a" if check.get("z") is None else f"{check['z']:+.1f}"
+        click.echo(f"check on the calibration data: output error to the ANN "
+                   f"{check['before']:.4g} -> {check['after']:.4g} (change {z} standard "
+                   f"errors), top-1 agreement with the {check['agreement_with']} "
+                   f"{check['agreement_before']:.4f} -> {check['agreement_after']:.4f}: "
+                   f"calibration {verdict}")
 
 
 def print_accuracy(result) -> None:

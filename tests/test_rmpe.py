@@ -151,8 +151,7 @@ def test_check_accepts_a_calibration_that_brings_the_ann_closer(plain_and_calibr
     plain, _ = plain_and_calibrated
     result = calibrate(plain.snn, plain.qcfs, (x[:256], y[:256]))
     assert result.accepted and result.check["after"] < result.check["before"]
-    assert result.check["agreement_with"] == "labels"
-    assert result.check["agreement_after"] >= result.check["agreement_before"] - 0.005
+    assert result.check["agreement_with"] == "labels" and result.check["z"] < 0
 
 
 def test_current_cache_and_rerun_give_the_same_calibration(plain_and_calibrated, digits_data,
