@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from onnx_rmpe.cli.options import json_option, model_argument, runtime_options, write_json
+from onnx_rmpe.cli.options import (
+    guard_outputs,
+    json_option,
+    model_argument,
+    runtime_options,
+    write_json,
+)
 from onnx_rmpe.cli.report import print_calibration
 
 
@@ -17,22 +23,27 @@ from onnx_rmpe.cli.report import print_calibration
 @click.option("--calib", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Calibration inputs: .npz with array x, or .npy.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Output [default: overwrite MODEL only when the run succeeds].")
-@click.option("--calib-samples", default=512, show_default=True, type=int)
+              help="Output SNN [default: MODEL.calibrated.onnx beside MODEL].")
+@click.option("--calib-samples", default=512, show_default=True, type=int,
+              help="Calibration samples used (the first N of CALIB).")
 @click.option("--rmpe-granularity", type=click.Choice(["neuron", "channel"]), default="neuron",
-              show_default=True)
-@click.option("--rmpe-sweeps", default=1, show_default=True, type=int)
+              show_default=True, help="One initial potential per neuron or per channel.")
+@click.option("--rmpe-sweeps", default=1, show_default=True, type=int,
+              help="Front-to-back calibration sweeps.")
 @runtime_options
 @json_option
 def calibrate_cmd(model: Path, qcfs: Path, calib: Path, output: Path | None, calib_samples: int,
                   rmpe_granularity: str, rmpe_sweeps: int, batch_size: int, threads: int | None,
-                  device: str, json_path: Path | None) -> None:
+                  device: str, max_memory: int | None, json_path: Path | None) -> None:
     """RMPE-calibrate the SNN MODEL against its QCFS ANN on CALIB data."""
     from onnx_rmpe.calibrate import calibrate
 
-    result = calibrate(model, qcfs, calib, output=output or model, samples=calib_samples,
+    output = output or model.with_name(model.name.removesuffix(".onnx") + ".calibrated.onnx")
+    guard_outputs({"output": output, "json_path": json_path},
+                  {"model": model, "qcfs": qcfs, "calib": calib})
+    result = calibrate(model, qcfs, calib, output=output, samples=calib_samples,
                        granularity=rmpe_granularity, sweeps=rmpe_sweeps, batch_size=batch_size,
-                       threads=threads, device=device, progress=True)
+                       threads=threads, device=device, max_memory=max_memory, progress=True)
     print_calibration(result)
     click.echo(f"wrote SNN {result.output_path}")
-    write_json(json_path, result.as_dict())
+    write_json(json_path, result.as_dict(), written=(result.output_path,))

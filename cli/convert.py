@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from onnx_rmpe.cli.options import json_option, model_argument, runtime_options, write_json
+from onnx_rmpe.cli.options import (
+    guard_outputs,
+    json_option,
+    model_argument,
+    runtime_options,
+    write_json,
+)
 from onnx_rmpe.cli.report import print_calibration
 
 
@@ -39,7 +45,8 @@ from onnx_rmpe.cli.report import print_calibration
               help="Fine-tuning epochs (with --finetune-data).")
 @click.option("--lr", default=1e-3, show_default=True, type=float,
               help="Fine-tuning learning rate (with --finetune-data).")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Fine-tuning seed (with --finetune-data).")
 @click.option("--save-qcfs", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the QCFS ANN (a valid ONNX model of its own).")
 @runtime_options
@@ -48,16 +55,20 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
                 percentile: float, calib_samples: int, rmpe: bool, rmpe_granularity: str,
                 rmpe_sweeps: int, mode: str, finetune_data: Path | None, epochs: int,
                 lr: float, seed: int, save_qcfs: Path | None, batch_size: int,
-                threads: int | None, device: str, json_path: Path | None) -> None:
+                threads: int | None, device: str, max_memory: int | None,
+                json_path: Path | None) -> None:
     """Convert MODEL (an ONNX ReLU or QCFS network) into an IF-neuron SNN for T steps."""
     from onnx_rmpe.convert import convert
 
     output = output or model.with_name(model.name.removesuffix(".onnx") + ".snn.onnx")
+    guard_outputs({"output": output, "save_qcfs": save_qcfs, "json_path": json_path},
+                  {"model": model, "calib": calib, "finetune_data": finetune_data})
     result = convert(model, T=T, calib=calib, output=output, levels=levels,
                      percentile=percentile, calib_samples=calib_samples, batch_size=batch_size,
                      rmpe=rmpe, rmpe_granularity=rmpe_granularity, rmpe_sweeps=rmpe_sweeps,
                      mode=mode, finetune_data=finetune_data, epochs=epochs, finetune_lr=lr,
-                     seed=seed, save_qcfs=save_qcfs, threads=threads, device=device, progress=True)
+                     seed=seed, save_qcfs=save_qcfs, threads=threads, device=device,
+                     max_memory=max_memory, progress=True)
     click.echo(f"converted {model}: {len(result.thresholds)} spiking layer(s), T={T}, "
                f"L={result.levels}, RMPE {'on' if result.calibration else 'off'}, {mode}")
     if result.calibration is not None:
@@ -68,4 +79,5 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
     write_json(json_path, {"T": T, "levels": result.levels, "thresholds": result.thresholds,
                            "output": str(result.output_path),
                            "calibration": result.calibration.as_dict()
-                           if result.calibration else None})
+                           if result.calibration else None},
+               written=(result.output_path, result.qcfs_path))

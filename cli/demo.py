@@ -15,9 +15,12 @@ from rich.table import Table
               help="Where the models and data files go.")
 @click.option("--T", "T", default=4, show_default=True, type=int,
               help="Time steps of the SNN model written to --out-dir.")
-@click.option("--levels", "-L", default=8, show_default=True, type=int)
-@click.option("--epochs", default=20, show_default=True, type=int)
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--levels", "-L", default=8, show_default=True, type=int,
+              help="QCFS quantization levels L.")
+@click.option("--epochs", default=20, show_default=True, type=int,
+              help="Training epochs of the small CNN.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the data split and the training.")
 def demo_cmd(out_dir: Path, T: int, levels: int, epochs: int, seed: int) -> None:
     """Train a small CNN on scikit-learn digits, convert it, and compare ANN and SNN."""
     from onnx_rmpe.demo import run_demo

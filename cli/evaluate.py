@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from onnx_rmpe.cli.options import (
+    guard_outputs,
     json_option,
     model_argument,
     parse_steps,
@@ -26,13 +27,15 @@ from onnx_rmpe.cli.report import print_accuracy
 @runtime_options
 @json_option
 def evaluate_cmd(model: Path, data: Path, steps: str | None, samples: int | None,
-                 batch_size: int, threads: int | None, device: str,
+                 batch_size: int, threads: int | None, device: str, max_memory: int | None,
                  json_path: Path | None) -> None:
     """Print the accuracy of MODEL (ANN, QCFS or SNN) on labelled DATA."""
     from onnx_rmpe.evaluate import evaluate
 
+    guard_outputs({"json_path": json_path}, {"model": model, "data": data})
     result = evaluate(model, data, steps=parse_steps(steps), batch_size=batch_size,
-                      samples=samples, threads=threads, device=device, progress=True)
+                      samples=samples, threads=threads, device=device, max_memory=max_memory,
+                      progress=True)
     print_accuracy(result)
     click.echo(f"accuracy: {result.accuracy:.4f}")
     write_json(json_path, result.as_dict())

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from onnx_rmpe.cli.options import guard_outputs
+
 
 def default_output(model: Path) -> Path:
     """``MODEL.onnx`` -> ``MODEL.qcfs.onnx`` beside the input."""
@@ -41,10 +43,11 @@ def finetune_cmd(model: Path, data: Path, levels: int, epochs: int, output: Path
     from onnx_rmpe.modelio import save_model
 
     output = output or default_output(model)
+    guard_outputs({"output": output}, {"model": model, "data": data, "val": val})
     result = finetune(model, data, levels=levels, epochs=epochs, lr=lr, batch_size=batch_size,
                       val=val, percentile=percentile, seed=seed,
                       maxpool_to_avgpool=maxpool_to_avgpool, progress=not no_progress)
-    path = save_model(result.model, output)
+    path = save_model(result.model, output)  # checked above: no input is overwritten
     for h in result.history:
         acc = "" if h.val_accuracy is None else f", held-out accuracy {100 * h.val_accuracy:.2f}%"
         click.echo(f"epoch {h.epoch}: loss {h.loss:.4f}{acc} ({h.seconds:.1f}s)")

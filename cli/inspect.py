@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from onnx_rmpe.cli.options import json_option, model_argument, write_json
+from onnx_rmpe.cli.options import guard_outputs, json_option, model_argument, write_json
 
 
 @click.command("inspect")
@@ -16,6 +16,7 @@ def inspect_cmd(model: Path, json_path: Path | None) -> None:
     """Describe MODEL: ANN, QCFS or SNN, inputs, outputs, neurons, blockers."""
     from onnx_rmpe.inspect import inspect_model
 
+    guard_outputs({"json_path": json_path}, {"model": model})
     info = inspect_model(model)
     click.echo(f"{info.path}: {info.kind.upper()}, opset {info.opset}, IR {info.ir_version}")
     for name, dims in info.inputs:

@@ -3,13 +3,43 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import time
 
 import click
 
 from onnx_rmpe import __version__
-from onnx_rmpe.errors import ConversionError
+from onnx_rmpe.errors import ConversionError, OptionError
+from onnx_rmpe.outputs import remove_stale_work_dirs
+
+#: API parameter names whose CLI option has another name.
+API_TO_CLI = {"finetune_lr": "lr", "samples": "calib_samples", "granularity": "rmpe_granularity",
+              "sweeps": "rmpe_sweeps", "snn": "model", "finetune_data": "finetune_data"}
+
+
+def _flag(ctx: click.Context, option: str) -> str:
+    """The command-line spelling of the API parameter ``option`` in this command."""
+    cmd = ctx.command.get_command(ctx, ctx.invoked_subcommand or "") \
+        if isinstance(ctx.command, click.Group) else ctx.command
+    params = {p.name: p for p in getattr(cmd, "params", [])}
+    param = params.get(option) or params.get(API_TO_CLI.get(option, ""))
+    if param is None:
+        return option
+    if isinstance(param, click.Argument):
+        return param.human_readable_name
+    return max(param.opts, key=len)
+
+
+def _message(ctx: click.Context, exc: ConversionError) -> str:
+    if isinstance(exc, OptionError):
+        return f"option {_flag(ctx, exc.option)}: {exc.reason}"
+    return str(exc)
+
+
+def _terminate(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    """SIGTERM unwinds like Ctrl-C, so temporary files and folders are removed."""
+    raise KeyboardInterrupt
 
 
 class RmpeGroup(click.Group):
@@ -17,10 +47,11 @@ class RmpeGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         start = time.perf_counter()
+        remove_stale_work_dirs()
         try:
             result = super().invoke(ctx)
         except ConversionError as exc:
-            click.secho(f"error: {exc}", fg="red", err=True)
+            click.secho(f"error: {_message(ctx, exc)}", fg="red", err=True)
             click.echo(f"FAILED | Runtime: {time.perf_counter() - start:.1f}s", err=True)
             sys.exit(1)
         if ctx.invoked_subcommand:
@@ -61,6 +92,7 @@ _register()
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     cli()
 
 

@@ -8,12 +8,26 @@ from pathlib import Path
 import click
 
 from onnx_rmpe.errors import OptionError
+from onnx_rmpe.outputs import check_outputs, remove_quietly, write_text
+from onnx_rmpe.runtime.memory import parse_size
+
+
+def _size(ctx, param, value):
+    if value is None:
+        return None
+    size = parse_size(value)
+    if size is None or size <= 0:
+        raise OptionError("max_memory", f"expected a size such as 4G or 512M, got '{value}'")
+    return size
 
 
 def runtime_options(fn):
-    """--device, --threads, --batch-size."""
+    """--device, --threads, --batch-size, --max-memory."""
+    fn = click.option("--max-memory", default=None, callback=_size,
+                      help="Memory budget (e.g. 4G, 512M); batches shrink to fit it "
+                           "[default: half the available memory].")(fn)
     fn = click.option("--batch-size", default=128, show_default=True, type=int,
-                      help="Samples per onnxruntime run.")(fn)
+                      help="Samples per onnxruntime run (at most; see --max-memory).")(fn)
     fn = click.option("--threads", default=None, type=int,
                       help="onnxruntime intra-op threads (default: onnxruntime's choice).")(fn)
     fn = click.option("--device", default="cpu", show_default=True,
@@ -31,10 +45,21 @@ def json_option(fn):
                         default=None, help="Also write the figures to this JSON file.")(fn)
 
 
-def write_json(path: Path | None, payload: dict) -> None:
-    if path is not None:
-        path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-        click.echo(f"wrote {path}")
+def guard_outputs(outputs: dict, inputs: dict) -> None:
+    """Refuse, before any work, outputs that would overwrite an input or each other."""
+    check_outputs(outputs, inputs)
+
+
+def write_json(path: Path | None, payload: dict, *, written: tuple = ()) -> None:
+    """Write the figures atomically; if that fails, remove this run's other outputs too."""
+    if path is None:
+        return
+    try:
+        write_text(path, json.dumps(payload, indent=2, default=str) + "\n", name="json_path")
+    except BaseException:
+        remove_quietly(written)
+        raise
+    click.echo(f"wrote {path}")
 
 
 def parse_steps(text: str | None) -> list[int] | None:
@@ -43,5 +68,5 @@ def parse_steps(text: str | None) -> list[int] | None:
     try:
         return [int(t) for t in text.replace(" ", "").split(",") if t]
     except ValueError:
-        raise OptionError("--T", f"expected comma-separated steps like 1,2,4,8, got '{text}'") \
+        raise OptionError("steps", f"expected comma-separated steps like 1,2,4,8, got '{text}'") \
             from None

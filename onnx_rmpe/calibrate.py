@@ -34,19 +34,24 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from onnx_rmpe import validate
 from onnx_rmpe.data import Dataset, check_fits, load_data
 from onnx_rmpe.errors import ConversionError, OptionError
 from onnx_rmpe.modelio import (
     ensure_functions,
     get_metadata,
-    load_model,
+    is_qcfs,
+    is_snn,
     neuron_attributes,
+    read_model,
     save_model,
     set_metadata,
     to_graph,
     to_model,
 )
+from onnx_rmpe.outputs import WORK_PREFIX, check_outputs
 from onnx_rmpe.passes.rmpe import set_initial_potentials
+from onnx_rmpe.runtime.memory import plan_batch
 from onnx_rmpe.runtime.neurons import DEFAULT_PHI, DOMAIN, IF_OP, QCFS_OP, if_reference
 from onnx_rmpe.runtime.progress import progress_bar
 from onnx_rmpe.runtime.segments import Layer, Segment, segments
@@ -109,7 +114,7 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
               check: bool = True, reference: onnx.ModelProto | None = None,
               output: str | os.PathLike | None = None,
               threads: int | None = None, device: Device = "cpu",
-              providers: Sequence[str] | None = None,
+              providers: Sequence[str] | None = None, max_memory: int | None = None,
               progress: bool = False) -> CalibrationResult:
     """Calibrate the initial potentials of ``snn`` against its QCFS ANN on ``data``.
 
@@ -128,21 +133,26 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
     QCFS ANN, which cannot help when that ANN is itself poor (post-training QCFS at small
     L).
     ``output`` (if given) receives the calibrated SNN, written only on
-    success.
+    success; it may not be one of the inputs. ``max_memory`` (bytes; default half the
+    available memory) bounds the batch size of the SNN runs.
     """
     device = list(providers) if providers else device
     start = time.perf_counter()
-    snn = snn if isinstance(snn, onnx.ModelProto) else load_model(snn)
-    qcfs = qcfs if isinstance(qcfs, onnx.ModelProto) else load_model(qcfs)
-    if samples is not None and samples < 1:
-        raise OptionError("--calib-samples", f"must be at least 1, got {samples}")
-    if granularity not in GRANULARITIES:
-        raise OptionError("--rmpe-granularity", f"'{granularity}' is not one of {GRANULARITIES}")
-    if sweeps < 1:
-        raise OptionError("--rmpe-sweeps", f"must be at least 1, got {sweeps}")
+    validate.samples("samples", samples)
+    validate.choice("granularity", granularity, GRANULARITIES)
+    validate.integer("sweeps", sweeps, minimum=1)
+    validate.batch_size(batch_size)
+    validate.threads(threads)
+    check_outputs({"output": output}, {k: v for k, v in (("snn", snn), ("qcfs", qcfs),
+                                                         ("data", data))
+                                       if isinstance(v, (str, os.PathLike))})
+    snn, snn_name = read_model(snn)
+    qcfs, qcfs_name = read_model(qcfs)
+    _check_kinds(snn, snn_name, qcfs, qcfs_name)
     ds = load_data(data).head(samples)
     check_fits(ds, qcfs)
     T, phi = _snn_settings(snn)
+    batch_size = plan_batch(snn, batch_size, max_memory, what=f"the SNN (T={T})")
     segs = segments(snn)
     levels = int(neuron_attributes(qcfs, QCFS_OP).get("levels", T))
     if target_levels is None:
@@ -152,7 +162,7 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
     targets, provider = _ann_means(qcfs_with_levels(qcfs, target_levels), ds, names,
                                    batch_size, threads, device)
     v_inits = {s.layer.name: np.zeros((), np.float32) for s in segs}
-    with tempfile.TemporaryDirectory(prefix="onnx-rmpe-") as cache_dir, \
+    with tempfile.TemporaryDirectory(prefix=WORK_PREFIX) as cache_dir, \
             progress_bar(progress, "RMPE") as bar:
         for sweep in range(sweeps):
             reports = _sweep(segs, ds, targets, v_inits, T, phi, granularity, batch_size,
@@ -177,6 +187,17 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
     logger.info("RMPE calibration of %d layer(s) on %d samples, T=%d, %s: %.1fs", len(segs),
                 len(ds), T, result.provider, result.seconds)
     return result
+
+
+def _check_kinds(snn: onnx.ModelProto, snn_name: str, qcfs: onnx.ModelProto,
+                 qcfs_name: str) -> None:
+    if not is_snn(snn):
+        raise ConversionError(f"'{snn_name}' is not a multi-step SNN converted by onnx-rmpe (no "
+                              "IFNeuron node); calibrate the output of `onnx-rmpe convert`")
+    if not is_qcfs(qcfs):
+        what = "an SNN" if is_snn(qcfs) else "not a QCFS ANN (it has no QCFS node)"
+        raise ConversionError(f"the QCFS model '{qcfs_name}' is {what}; give the QCFS ANN the "
+                              "SNN was converted from (`onnx-rmpe convert --save-qcfs`)")
 
 
 def _check(result: CalibrationResult, before: onnx.ModelProto, reference: onnx.ModelProto,

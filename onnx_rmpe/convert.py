@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnx_rmpe import __version__
+from onnx_rmpe import __version__, validate
 from onnx_rmpe.calibrate import CLIP_LEVELS, CalibrationResult, calibrate, qcfs_with_levels
 from onnx_rmpe.data import Dataset, check_fits, load_data
 from onnx_rmpe.errors import ConversionError, OptionError
@@ -21,13 +21,16 @@ from onnx_rmpe.modelio import (
     default_opset,
     get_metadata,
     is_qcfs,
+    is_snn,
+    is_streaming,
     prepare,
     read_model,
-    save_model,
+    save_models,
     set_metadata,
     to_graph,
     to_model,
 )
+from onnx_rmpe.outputs import check_outputs
 from onnx_rmpe.passes.base import run_passes
 from onnx_rmpe.passes.fold_batchnorm import fold_batchnorm
 from onnx_rmpe.passes.maxpool_reorder import maxpool_reorder
@@ -62,18 +65,38 @@ class ConversionResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _check_options(T: int, levels: int, percentile: float, calib_samples: int | None,
-                   batch_size: int) -> None:
-    if T < 1:
-        raise OptionError("--T", f"the number of time steps must be at least 1, got {T}")
-    if levels < 1:
-        raise OptionError("--levels", f"must be at least 1, got {levels}")
-    if not 0 < percentile <= 100:
-        raise OptionError("--percentile", f"must be in (0, 100], got {percentile}")
-    if calib_samples is not None and calib_samples < 1:
-        raise OptionError("--calib-samples", f"must be at least 1, got {calib_samples}")
-    if batch_size < 1:
-        raise OptionError("--batch-size", f"must be at least 1, got {batch_size}")
+def _check_options(T, levels, percentile, calib_samples, batch_size, threads, mode,
+                   rmpe_sweeps) -> None:
+    validate.time_steps("T", T)
+    validate.integer("levels", levels, minimum=1)
+    validate.number("percentile", percentile, minimum=0, maximum=100, exclusive_minimum=True)
+    validate.samples("calib_samples", calib_samples)
+    validate.batch_size(batch_size)
+    validate.threads(threads)
+    validate.choice("mode", mode, MODES)
+    validate.integer("rmpe_sweeps", rmpe_sweeps, minimum=1)
+
+
+def refuse_snn(model: onnx.ModelProto, source: str) -> None:
+    """An SNN written by onnx-rmpe cannot be converted again: say so, and what to do."""
+    if is_snn(model) or is_streaming(model):
+        T = get_metadata(model).get("onnx_rmpe.T", "?")
+        raise ConversionError(f"model '{source}' is already a spiking network converted by "
+                              f"onnx-rmpe (T={T}); convert the ANN it came from, or recalibrate "
+                              "this one with `onnx-rmpe calibrate`")
+
+
+def refuse_non_float32(model: onnx.ModelProto, source: str) -> None:
+    """The converter computes in float32: refuse float16/bfloat16/double models clearly."""
+    other = {onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.BFLOAT16: "bfloat16",
+             onnx.TensorProto.DOUBLE: "float64"}
+    found = {other[v.type.tensor_type.elem_type] for v in model.graph.input
+             if v.type.tensor_type.elem_type in other}
+    found |= {other[t.data_type] for t in model.graph.initializer if t.data_type in other}
+    if found:
+        raise ConversionError(f"model '{source}' computes in {', '.join(sorted(found))}; "
+                              "onnx-rmpe converts float32 models: export it in float32 "
+                              "(e.g. model.float() in PyTorch before torch.onnx.export)")
 
 
 def build_qcfs(model: onnx.ModelProto, data: Dataset | None, *, levels: int = 8,
@@ -103,7 +126,7 @@ def build_qcfs(model: onnx.ModelProto, data: Dataset | None, *, levels: int = 8,
     thresholds = {}
     if sites:
         if data is None:
-            raise OptionError("--calib", "the model has ReLU activations, so QCFS thresholds "
+            raise OptionError("calib", "the model has ReLU activations, so QCFS thresholds "
                                          "need calibration data (an .npz with array 'x')")
         relu_model = to_model(graph.copy(), keep_shapes=True)
         check_fits(data, relu_model)
@@ -150,7 +173,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
             finetune_lr: float = 1e-3, seed: int = 0,
             save_qcfs: str | os.PathLike | None = None,
             threads: int | None = None, device: Device = "cpu",
-            providers: Sequence[str] | None = None,
+            providers: Sequence[str] | None = None, max_memory: int | None = None,
             progress: bool = False) -> ConversionResult:
     """Convert an ONNX ANN into a multi-step IF-neuron SNN, RMPE-calibrated for ``T``.
 
@@ -166,22 +189,26 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     whole conversion succeeds. ``device`` (``cpu`` or ``cuda``, which needs
     onnxruntime-gpu) or ``providers`` (onnxruntime provider names, which win) choose where
     thresholds and calibration run; an unavailable provider falls back to CPU with a
-    warning, and ``result.calibration.provider`` says which one ran.
+    warning, and ``result.calibration.provider`` says which one ran. ``max_memory``
+    (bytes; default half the available memory) bounds the calibration's batch size.
+    Outputs that would overwrite an input or each other are refused before any work.
     """
     device = list(providers) if providers else device
     start = time.perf_counter()
-    _check_options(T, levels, percentile, calib_samples, batch_size)
-    if output is not None and not isinstance(model, onnx.ModelProto) \
-            and Path(output).resolve() == Path(model).resolve():
-        raise OptionError("-o/--output", f"'{output}' is the input model; choose another path")
-    if mode not in MODES:
-        raise OptionError("--mode", f"'{mode}' is not one of {', '.join(MODES)}")
+    _check_options(T, levels, percentile, calib_samples, batch_size, threads, mode, rmpe_sweeps)
+    check_outputs({"output": output, "save_qcfs": save_qcfs},
+                  {"model": model if not isinstance(model, onnx.ModelProto) else None,
+                   "calib": calib if isinstance(calib, (str, os.PathLike)) else None,
+                   "finetune_data": finetune_data
+                   if isinstance(finetune_data, (str, os.PathLike)) else None})
     if calib is None and finetune_data is not None:
         calib = finetune_data
     if rmpe and calib is None:
-        raise OptionError("--calib", "RMPE calibration needs calibration data; give --calib "
+        raise OptionError("calib", "RMPE calibration needs calibration data; give --calib "
                                      "(an .npz with array 'x') or turn it off with --no-rmpe")
     proto, source = read_model(model)
+    refuse_snn(proto, source)
+    refuse_non_float32(proto, source)
     if finetune_data is not None:
         from onnx_rmpe.finetune import finetune
 
@@ -200,7 +227,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
                                 granularity=rmpe_granularity, sweeps=rmpe_sweeps,
                                 reference=qcfs if is_qcfs(proto) else
                                 qcfs_with_levels(qcfs, CLIP_LEVELS),
-                                threads=threads, device=device, progress=progress)
+                                threads=threads, device=device, max_memory=max_memory,
+                                progress=progress)
         snn = calibration.snn
     if data is not None:
         set_metadata(snn, "onnx_rmpe.calib_samples", str(len(data)))
@@ -208,10 +236,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     if mode == "streaming":
         snn = snn_to_streaming(snn)
     result = ConversionResult(snn, qcfs, T, levels, thresholds, calibration=calibration)
-    if save_qcfs is not None:
-        result.qcfs_path = save_model(qcfs, save_qcfs)
-    if output is not None:
-        result.output_path = save_model(snn, output)
+    written = save_models([(qcfs, save_qcfs, "save_qcfs"), (snn, output, "output")])
+    result.qcfs_path, result.output_path = written
     result.seconds = time.perf_counter() - start
     logger.info("converted %s: %d spiking layer(s), T=%d, L=%d in %.1fs", source,
                 len(thresholds), T, levels, result.seconds)

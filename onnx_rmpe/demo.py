@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from onnx_rmpe import validate
 from onnx_rmpe.convert import build_qcfs, convert, qcfs_to_snn
 from onnx_rmpe.data import Dataset
-from onnx_rmpe.errors import MissingDependencyError
+from onnx_rmpe.errors import MissingDependencyError, OptionError
 from onnx_rmpe.evaluate import evaluate
 
 logger = logging.getLogger(__name__)
@@ -88,7 +89,13 @@ def run_demo(out_dir: str | Path = "onnx-rmpe-demo", *, T: int = 4, levels: int 
              epochs: int = 20, seed: int = 0, progress: bool = False) -> DemoResult:
     """Train, export, convert and evaluate; writes the models and data to ``out_dir``."""
     start = time.perf_counter()
+    validate.time_steps("T", T)
+    validate.integer("levels", levels, minimum=1)
+    validate.integer("epochs", epochs, minimum=1)
+    validate.integer("seed", seed, minimum=0)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OptionError("out_dir", f"'{out}' exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     train, test = digits_split(seed)
     ann = train_digits_cnn(train, epochs=epochs, seed=seed)

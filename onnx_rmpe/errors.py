@@ -27,11 +27,29 @@ class DataError(ConversionError):
 
 
 class OptionError(ConversionError):
-    """An option has a value that cannot work."""
+    """An option has a value that cannot work.
+
+    ``option`` is the name of the API parameter (``T``, ``batch_size``); the CLI shows the
+    flag that sets it (``--T``, ``--batch-size``) instead.
+    """
 
     def __init__(self, option: str, reason: str) -> None:
         super().__init__(f"option {option}: {reason}")
         self.option = option
+        self.reason = reason
+
+
+class OutputPathError(OptionError):
+    """An output path would overwrite an input, collide with another output, or cannot be
+    written."""
+
+    def __init__(self, option: str, path, reason: str) -> None:
+        super().__init__(option, f"cannot write '{path}': {reason}")
+        self.path = path
+
+
+class MemoryBudgetError(OptionError):
+    """A run would not fit the memory budget even one sample at a time."""
 
 
 class MissingDependencyError(ConversionError):

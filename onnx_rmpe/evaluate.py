@@ -8,15 +8,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
 
-from onnx_rmpe.data import check_fits, load_data
+from onnx_rmpe import validate
+from onnx_rmpe.data import check_fits, check_labels, load_data
 from onnx_rmpe.errors import ConversionError, OptionError
-from onnx_rmpe.modelio import get_metadata, is_qcfs, is_snn, is_streaming, load_model
+from onnx_rmpe.modelio import get_metadata, is_qcfs, is_snn, is_streaming, read_model
 from onnx_rmpe.passes.qcfs_to_if import PER_STEP_SUFFIX
+from onnx_rmpe.runtime.memory import plan_batch
 from onnx_rmpe.runtime.metrics import AccuracyCounter
 from onnx_rmpe.runtime.progress import progress_bar
-from onnx_rmpe.runtime.session import Device, active_provider, batches, make_session
+from onnx_rmpe.runtime.session import Device, active_provider, batches, make_session, run
 
 logger = logging.getLogger(__name__)
 
@@ -41,20 +44,28 @@ class EvaluationResult:
 def evaluate(model: str | os.PathLike | onnx.ModelProto, data, *,
              steps: list[int] | None = None, batch_size: int = 256, samples: int | None = None,
              threads: int | None = None, device: Device = "cpu",
-             providers: Sequence[str] | None = None,
+             providers: Sequence[str] | None = None, max_memory: int | None = None,
              progress: bool = False) -> EvaluationResult:
     """Accuracy of ``model`` on labelled ``data`` (path, ``(x, y)`` or Dataset).
 
     For an SNN, the accuracy after each step comes from its ``<output>_per_step`` output;
-    ``steps`` selects which steps to report (default: all).
+    ``steps`` selects which steps to report (default: all). ``max_memory`` (bytes; default
+    half the available memory) bounds the batch size.
     """
     device = list(providers) if providers else device
     start = time.perf_counter()
-    proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    validate.batch_size(batch_size)
+    validate.samples("samples", samples)
+    validate.threads(threads)
+    proto, _ = read_model(model)
     ds = load_data(data, require_labels=True).head(samples)
     check_fits(ds, proto)
+    check_labels(ds, _classes(proto))
     kind = _kind(proto)
+    if kind != "snn-streaming":
+        batch_size = plan_batch(proto, batch_size, max_memory, what=f"the {kind.upper()}")
     predict, provider = _predictor(proto, kind, threads=threads, device=device)
+    ds.x = ds.x.astype(_input_dtype(proto), copy=False)
     counter = AccuracyCounter()
     with progress_bar(progress, "evaluate") as bar:
         task = bar.add_task(kind, total=len(ds))
@@ -72,6 +83,18 @@ def evaluate(model: str | os.PathLike | onnx.ModelProto, data, *,
     logger.info("evaluated %s (%s) on %d samples: %.4f", meta.get("onnx_rmpe.kind", kind),
                 result.provider, len(ds), result.accuracy)
     return result
+
+
+def _classes(proto: onnx.ModelProto) -> int | None:
+    """The size of the last axis of the first output (the number of classes), if static."""
+    dims = proto.graph.output[0].type.tensor_type.shape.dim
+    return dims[-1].dim_value if dims and dims[-1].HasField("dim_value") else None
+
+
+def _input_dtype(proto: onnx.ModelProto) -> np.dtype:
+    inits = {i.name for i in proto.graph.initializer}
+    inp = next(i for i in proto.graph.input if i.name not in inits)
+    return onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type or 1)
 
 
 def _kind(proto: onnx.ModelProto) -> str:
@@ -101,7 +124,7 @@ def _predictor(proto: onnx.ModelProto, kind: str, *, threads: int | None, device
         if wanted not in outputs:
             raise ConversionError(f"SNN has no output '{wanted}' (per-step logits)")
     input_name = session.get_inputs()[0].name
-    return (lambda x: session.run([wanted], {input_name: x})[0]), active_provider(session)
+    return (lambda x: run(session, [wanted], {input_name: x})[0]), active_provider(session)
 
 
 def _steps(steps: list[int] | None, T: int) -> list[int]:
@@ -109,5 +132,5 @@ def _steps(steps: list[int] | None, T: int) -> list[int]:
         return list(range(1, T + 1))
     bad = [t for t in steps if not 1 <= t <= T]
     if bad:
-        raise OptionError("--T", f"steps {bad} are outside 1..{T} (the SNN was built for T={T})")
+        raise OptionError("steps", f"steps {bad} are outside 1..{T} (the SNN was built for T={T})")
     return sorted(set(steps))

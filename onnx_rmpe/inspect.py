@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from onnx_rmpe.convert import refuse_non_float32
 from onnx_rmpe.errors import ConversionError
 from onnx_rmpe.modelio import (
     default_opset,
@@ -73,18 +74,18 @@ def inspect_model(model: str | os.PathLike | onnx.ModelProto) -> ModelInfo:
                        for name, dims in _value_infos(i for i in proto.graph.input
                                                       if i.name in inits)]
         return info
-    try:
-        graph = run_passes(to_graph(prepare(proto, path)),
-                           [("normalize", normalize), ("fold_batchnorm", fold_batchnorm),
-                            ("recognize_qcfs", recognize_qcfs)])
-    except ConversionError as exc:
-        info.blockers = [str(exc)]
-        return info
+    graph = run_passes(to_graph(prepare(proto, path)),
+                       [("normalize", normalize), ("fold_batchnorm", fold_batchnorm),
+                        ("recognize_qcfs", recognize_qcfs)])
     info.layers = [{"node": s.node, "op": "ReLU-like", "cap": s.cap}
                    for s in activation_sites(graph)]
     info.layers += [{"node": n.name, "op": "QCFS", "levels": n.attrs.get("levels"),
                      "lam": float(np.asarray(n.inputs[1].values))} for n in qcfs_nodes(graph)]
     info.blockers = [b.describe() for b in find_blockers(graph)]
+    try:
+        refuse_non_float32(proto, path)
+    except ConversionError as exc:
+        info.blockers.insert(0, str(exc))
     return info
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import onnx
@@ -18,6 +17,7 @@ import onnx_graphsurgeon as gs
 from onnx import version_converter
 
 from onnx_rmpe.errors import ModelLoadError
+from onnx_rmpe.outputs import remove_quietly, write_bytes
 from onnx_rmpe.runtime.neurons import DOMAIN, DOMAIN_VERSION, IF_OP, QCFS_OP, function_for
 
 logger = logging.getLogger(__name__)
@@ -33,10 +33,12 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     if not path.is_file():
         raise ModelLoadError(str(path), "no such file")
     try:
-        model = onnx.load(str(path), load_external_data=True)
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf raises many types
         reason = f"not an ONNX model ({type(exc).__name__}: {exc})"
         raise ModelLoadError(str(path), reason) from None
+    _load_external(model, path)
+    check_opset_known(model, str(path))
     if not model.graph.node:
         raise ModelLoadError(str(path), "the file parsed, but holds no graph nodes (is it ONNX?)")
     try:
@@ -45,6 +47,32 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         first = str(exc).strip().splitlines()[0]
         raise ModelLoadError(str(path), f"onnx.checker rejects it: {first}") from None
     return model
+
+
+def _load_external(model: onnx.ModelProto, path: Path) -> None:
+    """Read the external weights; a missing or unsafe data file is named as such."""
+    from onnx.external_data_helper import (
+        ExternalDataInfo,
+        load_external_data_for_model,
+        uses_external_data,
+    )
+
+    tensors = [t for t in model.graph.initializer if uses_external_data(t)]
+    for tensor in tensors:
+        location = ExternalDataInfo(tensor).location
+        target = (path.parent / location).resolve()
+        if not target.is_relative_to(path.parent.resolve()):
+            raise ModelLoadError(str(path), f"weights '{tensor.name}' point to '{location}', "
+                                            "outside the model's folder; refusing to read it")
+        if not target.is_file():
+            raise ModelLoadError(str(path), f"the external data file '{location}' (weights "
+                                            f"'{tensor.name}') is missing; keep it beside the "
+                                            "model")
+    if tensors:
+        try:
+            load_external_data_for_model(model, str(path.parent))
+        except Exception as exc:  # noqa: BLE001
+            raise ModelLoadError(str(path), f"cannot read external weights: {exc}") from None
 
 
 def read_model(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
@@ -94,11 +122,21 @@ def ensure_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def check_opset_known(model: onnx.ModelProto, path: str) -> None:
+    """Refuse an opset newer than the installed onnx knows (it cannot be converted)."""
+    opset, newest = default_opset(model), onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise ModelLoadError(path, f"opset {opset} is newer than this onnx ({onnx.__version__}, "
+                                   f"opset <= {newest}) knows; export it with opset "
+                                   f"{MIN_OPSET} to {MAX_OPSET}")
+
+
 def normalize_opset(model: onnx.ModelProto, path: str = "<model>") -> onnx.ModelProto:
     """Bring the default-domain opset into [17, 21] with onnx's version converter."""
     opset = default_opset(model)
     if MIN_OPSET <= opset <= MAX_OPSET:
         return model
+    check_opset_known(model, path)
     target = MIN_OPSET if opset < MIN_OPSET else MAX_OPSET
     logger.info("converting opset %d to %d", opset, target)
     custom = [n for n in model.graph.node if n.domain == DOMAIN]
@@ -192,20 +230,28 @@ def get_metadata(model: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
+               name: str = "output") -> Path:
     """Check and write a model atomically; nothing is left at ``path`` if this fails."""
-    path = Path(path)
     onnx.checker.check_model(model, full_check=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=path.parent)
+    return write_bytes(path, model.SerializeToString(), name=name)
+
+
+def save_models(items: list[tuple[onnx.ModelProto, str | os.PathLike | None, str]]
+                ) -> list[Path | None]:
+    """Save several ``(model, path, option name)`` outputs of one run: all or none.
+
+    Entries with ``path=None`` are skipped (their result is ``None``); if one write fails,
+    the files already written by this call are removed again.
+    """
+    written: list[Path | None] = []
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(model.SerializeToString())
-        os.replace(tmp, path)
+        for model, path, name in items:
+            written.append(None if path is None else save_model(model, path, name=name))
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        remove_quietly(written)
         raise
-    return path
+    return written
 
 
 def uses_op(model: onnx.ModelProto, op_type: str) -> bool:

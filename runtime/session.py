@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import onnx
 
-from onnx_rmpe.errors import MissingDependencyError, OptionError
+from onnx_rmpe.errors import DataError, MissingDependencyError, OptionError
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def resolve_providers(device: Device = "cpu", providers: Sequence[str] | None = 
     if not isinstance(device, str):
         return list(device)
     if device not in DEVICE_PROVIDERS:
-        raise OptionError("--device", f"unknown device '{device}'; choose cpu or cuda")
+        raise OptionError("device", f"unknown device '{device}'; choose cpu or cuda")
     return DEVICE_PROVIDERS[device]
 
 
@@ -66,6 +66,21 @@ def make_session(model: onnx.ModelProto | bytes | str, *, device: Device = "cpu"
     return session
 
 
+def run(session, outputs: Sequence[str] | None, feed: dict[str, np.ndarray]) -> list:
+    """``session.run``; an onnxruntime failure on the given inputs becomes a
+    :class:`DataError` with the input shapes and onnxruntime's first line."""
+    try:
+        return session.run(list(outputs) if outputs else None, feed)
+    except Exception as exc:
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        shapes = ", ".join(f"'{k}' {list(v.shape)}" for k, v in feed.items())
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"onnxruntime cannot run the model on inputs of shape {shapes}; do the "
+                        f"data fit the model's input (size, layout)? onnxruntime says: "
+                        f"{first[:300]}") from None
+
+
 def active_provider(session) -> str:
     return session.get_providers()[0]
 
@@ -80,4 +95,4 @@ def run_batched(session, x: np.ndarray, outputs: Sequence[str] | None = None, *,
     """Run ``session`` on ``x`` batch by batch; yields ``(slice, outputs)``."""
     input_name = session.get_inputs()[0].name
     for sl in batches(len(x), batch_size):
-        yield sl, session.run(list(outputs) if outputs else None, {input_name: x[sl]})
+        yield sl, run(session, outputs, {input_name: x[sl]})
