@@ -158,6 +158,22 @@ def _convert_with_custom(model: onnx.ModelProto, target: int) -> onnx.ModelProto
     return ensure_functions(converted)
 
 
+def check_batch_first(model: onnx.ModelProto, path: str = "<model>") -> None:
+    """Refuse an input whose first axis is fixed while a later one is dynamic: its batch
+    is not the first axis (the converter merges time into the first axis)."""
+    init_names = {i.name for i in model.graph.initializer}
+    for vi in model.graph.input:
+        dims = vi.type.tensor_type.shape.dim
+        if vi.name in init_names or len(dims) < 2:
+            continue
+        first = dims[0].dim_value if dims[0].HasField("dim_value") else None
+        later = [i for i, d in enumerate(dims[1:], 1) if not d.HasField("dim_value")]
+        if first is not None and first > 1 and later:
+            raise ModelLoadError(path, f"input '{vi.name}' has a fixed first axis ({first}) and "
+                                       f"a dynamic axis {later[0]}: onnx-rmpe needs the batch "
+                                       "as the first axis; export the model batch-first")
+
+
 def set_symbolic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
     """Give every graph input and output a symbolic first dimension and drop stale shapes."""
     init_names = {i.name for i in model.graph.initializer}
@@ -185,6 +201,7 @@ def prepare(model: onnx.ModelProto, path: str = "<model>") -> onnx.ModelProto:
     model = onnx.ModelProto.FromString(model.SerializeToString())
     model = ensure_functions(model)
     model = normalize_opset(model, path)
+    check_batch_first(model, path)
     model = set_symbolic_batch(model)
     return infer_shapes(model)
 

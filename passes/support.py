@@ -129,6 +129,10 @@ def _check_semantics(node: gs.Node, data: list[gs.Tensor]) -> tuple[str, str]:
     op = node.op
     if op in ("Mul", "Div", "MatMul", "Gemm") and len(data) > 1:
         return f"{op} of two data tensors is not linear", "multiply by constants only"
+    if op == "MatMul" and node.inputs[0] not in data:
+        return ("MatMul multiplies the data from the left by a constant (W @ x), so the batch "
+                "is not the first axis", "export the layer as x @ W.T (batch first), e.g. "
+                                         "torch.nn.Linear")
     if op == "Div" and node.inputs[1] in data:
         return "division by a data tensor is not linear", ""
     if op == "Max":
