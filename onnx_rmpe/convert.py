@@ -40,6 +40,7 @@ from onnx_rmpe.passes.recognize_qcfs import recognize_qcfs
 from onnx_rmpe.passes.relu_to_qcfs import activation_sites, qcfs_nodes, relu_to_qcfs
 from onnx_rmpe.passes.support import check_supported
 from onnx_rmpe.runtime.neurons import DEFAULT_PHI
+from onnx_rmpe.runtime.memory import plan_batch
 from onnx_rmpe.runtime.session import Device
 from onnx_rmpe.runtime.statistics import positive_percentiles
 from onnx_rmpe.runtime.streaming import snn_to_streaming
@@ -101,7 +102,8 @@ def refuse_non_float32(model: onnx.ModelProto, source: str) -> None:
 
 def build_qcfs(model: onnx.ModelProto, data: Dataset | None, *, levels: int = 8,
                percentile: float = 99.9, batch_size: int = 128, threads: int | None = None,
-               device: Device = "cpu", source: str = "<model>") -> tuple[onnx.ModelProto, dict]:
+               device: Device = "cpu", source: str = "<model>",
+               max_memory: int | None = None) -> tuple[onnx.ModelProto, dict]:
     """Normalize a (ReLU or QCFS) ANN and return the QCFS ANN with its thresholds."""
     prepared = prepare(model, source)
     graph = run_passes(to_graph(prepared), [
@@ -130,6 +132,7 @@ def build_qcfs(model: onnx.ModelProto, data: Dataset | None, *, levels: int = 8,
                                          "need calibration data (an .npz with array 'x')")
         relu_model = to_model(graph.copy(), keep_shapes=True)
         check_fits(data, relu_model)
+        batch_size = plan_batch(relu_model, batch_size, max_memory, what="the ANN")
         pct = positive_percentiles(relu_model, data.x, [s.pre_activation for s in sites],
                                    percentile=percentile, batch_size=batch_size,
                                    threads=threads, device=device)
@@ -219,7 +222,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     data = load_data(calib).head(calib_samples) if calib is not None else None
     qcfs, thresholds = build_qcfs(proto, data, levels=levels, percentile=percentile,
                                   batch_size=batch_size, threads=threads, device=device,
-                                  source=source)
+                                  source=source, max_memory=max_memory)
     snn = qcfs_to_snn(qcfs, T=T)
     calibration = None
     if rmpe:
