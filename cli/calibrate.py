@@ -10,6 +10,7 @@ from onnx_rmpe.cli.options import (
     guard_outputs,
     json_option,
     model_argument,
+    quiet,
     runtime_options,
     write_json,
 )
@@ -43,7 +44,9 @@ def calibrate_cmd(model: Path, qcfs: Path, calib: Path, output: Path | None, cal
                   {"model": model, "qcfs": qcfs, "calib": calib})
     result = calibrate(model, qcfs, calib, output=output, samples=calib_samples,
                        granularity=rmpe_granularity, sweeps=rmpe_sweeps, batch_size=batch_size,
-                       threads=threads, device=device, max_memory=max_memory, progress=True)
-    print_calibration(result)
+                       threads=threads, device=device, max_memory=max_memory,
+                       progress=not quiet())
+    if not quiet():
+        print_calibration(result)
     click.echo(f"wrote SNN {result.output_path}")
     write_json(json_path, result.as_dict(), written=(result.output_path,))

@@ -10,6 +10,7 @@ from onnx_rmpe.cli.options import (
     guard_outputs,
     json_option,
     model_argument,
+    quiet,
     runtime_options,
     write_json,
 )
@@ -23,8 +24,9 @@ from onnx_rmpe.cli.report import print_calibration
               help="Calibration inputs: .npz with array x (model layout), or .npy.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Output SNN model [default: MODEL.snn.onnx beside the input].")
-@click.option("--levels", "-L", default=8, show_default=True, type=int,
-              help="QCFS quantization levels L for ReLU layers.")
+@click.option("--levels", "-L", default=None, type=int,
+              help="QCFS quantization levels L for ReLU layers [default: 8; a fine-tuned "
+                   "QCFS model keeps its own L].")
 @click.option("--percentile", default=99.9, show_default=True, type=float,
               help="Percentile of positive pre-activations used as QCFS threshold.")
 @click.option("--calib-samples", default=512, show_default=True, type=int,
@@ -51,7 +53,7 @@ from onnx_rmpe.cli.report import print_calibration
               help="Also write the QCFS ANN (a valid ONNX model of its own).")
 @runtime_options
 @json_option
-def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, levels: int,
+def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, levels: int | None,
                 percentile: float, calib_samples: int, rmpe: bool, rmpe_granularity: str,
                 rmpe_sweeps: int, mode: str, finetune_data: Path | None, epochs: int,
                 lr: float, seed: int, save_qcfs: Path | None, batch_size: int,
@@ -68,11 +70,12 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
                      rmpe=rmpe, rmpe_granularity=rmpe_granularity, rmpe_sweeps=rmpe_sweeps,
                      mode=mode, finetune_data=finetune_data, epochs=epochs, finetune_lr=lr,
                      seed=seed, save_qcfs=save_qcfs, threads=threads, device=device,
-                     max_memory=max_memory, progress=True)
+                     max_memory=max_memory, progress=not quiet())
     click.echo(f"converted {model}: {len(result.thresholds)} spiking layer(s), T={T}, "
                f"L={result.levels}, RMPE {'on' if result.calibration else 'off'}, {mode}")
     if result.calibration is not None:
-        print_calibration(result.calibration)
+        if not quiet():
+            print_calibration(result.calibration)
     if result.qcfs_path:
         click.echo(f"wrote QCFS ANN {result.qcfs_path}")
     click.echo(f"wrote SNN {result.output_path}")

@@ -11,6 +11,7 @@ from onnx_rmpe.cli.options import (
     json_option,
     model_argument,
     parse_steps,
+    quiet,
     runtime_options,
     write_json,
 )
@@ -35,7 +36,7 @@ def evaluate_cmd(model: Path, data: Path, steps: str | None, samples: int | None
     guard_outputs({"json_path": json_path}, {"model": model, "data": data})
     result = evaluate(model, data, steps=parse_steps(steps), batch_size=batch_size,
                       samples=samples, threads=threads, device=device, max_memory=max_memory,
-                      progress=True)
+                      progress=not quiet())
     print_accuracy(result)
     click.echo(f"accuracy: {result.accuracy:.4f}")
     write_json(json_path, result.as_dict())

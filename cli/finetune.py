@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from onnx_rmpe.cli.options import guard_outputs
+from onnx_rmpe.cli.options import guard_outputs, quiet
 
 
 def default_output(model: Path) -> Path:
@@ -21,16 +21,18 @@ def default_output(model: Path) -> Path:
               help="Training data: .npz with 'x' (model layout) and labels 'y'.")
 @click.option("--levels", "-L", default=4, show_default=True, type=int,
               help="QCFS quantization levels L.")
-@click.option("--epochs", default=3, show_default=True, type=int)
+@click.option("--epochs", default=3, show_default=True, type=int, help="Training epochs.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output QCFS model [default: MODEL.qcfs.onnx beside MODEL].")
 @click.option("--lr", default=1e-3, show_default=True, type=float, help="Adam learning rate.")
-@click.option("--batch-size", default=64, show_default=True, type=int)
+@click.option("--batch-size", default=64, show_default=True, type=int,
+              help="Training batch size.")
 @click.option("--val", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Held-out data (.npz with 'x', 'y') for the accuracy after each epoch.")
 @click.option("--percentile", default=99.9, show_default=True, type=float,
               help="Percentile of positive pre-activations that initialises each threshold.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the shuffling and initialisation.")
 @click.option("--maxpool-to-avgpool", is_flag=True,
               help="Replace max pools by average pools (max pools convert exactly, so off "
                    "by default).")
@@ -46,7 +48,8 @@ def finetune_cmd(model: Path, data: Path, levels: int, epochs: int, output: Path
     guard_outputs({"output": output}, {"model": model, "data": data, "val": val})
     result = finetune(model, data, levels=levels, epochs=epochs, lr=lr, batch_size=batch_size,
                       val=val, percentile=percentile, seed=seed,
-                      maxpool_to_avgpool=maxpool_to_avgpool, progress=not no_progress)
+                      maxpool_to_avgpool=maxpool_to_avgpool,
+                      progress=not no_progress and not quiet())
     path = save_model(result.model, output)  # checked above: no input is overwritten
     for h in result.history:
         acc = "" if h.val_accuracy is None else f", held-out accuracy {100 * h.val_accuracy:.2f}%"

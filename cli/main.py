@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 import time
@@ -10,6 +9,7 @@ import time
 import click
 
 from onnx_rmpe import __version__
+from onnx_rmpe.cli.options import log_options, set_log_level
 from onnx_rmpe.errors import ConversionError, OptionError
 from onnx_rmpe.outputs import remove_stale_work_dirs
 
@@ -43,7 +43,30 @@ def _terminate(signum, frame) -> None:  # noqa: ARG001 - signal handler signatur
 
 
 class RmpeGroup(click.Group):
-    """Runs a command; a user error prints one message and exits 1, no traceback."""
+    """Runs a command; a user error prints one message and exits 1, no traceback.
+
+    Usage errors found by click (an unknown option, a value that is not a number) are user
+    errors too: one ``error:`` line naming the option and exit code 1, like the errors the
+    library finds. ``-v``/``-q`` work before and after the command name.
+    """
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
+             **extra):
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+            click.secho(f"error: {exc.format_message()}{hint}", fg="red", err=True)
+            sys.exit(1)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        if standalone_mode:
+            sys.exit(rv if isinstance(rv, int) else 0)
+        return rv
 
     def invoke(self, ctx: click.Context):
         start = time.perf_counter()
@@ -60,16 +83,11 @@ class RmpeGroup(click.Group):
 
 
 @click.group(cls=RmpeGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@log_options
 @click.version_option(__version__, prog_name="onnx-rmpe")
-def cli(verbose: int, quiet: bool) -> None:
+def cli() -> None:
     """Convert ONNX ReLU networks into ultra-low-latency spiking networks (QCFS + RMPE)."""
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr, force=True)
-    if verbose == 0 and not quiet:
-        logging.getLogger("onnx_rmpe").setLevel(logging.WARNING)
+    set_log_level(click.get_current_context())
 
 
 def _register() -> None:
@@ -77,15 +95,12 @@ def _register() -> None:
     from onnx_rmpe.cli.convert import convert_cmd
     from onnx_rmpe.cli.demo import demo_cmd
     from onnx_rmpe.cli.evaluate import evaluate_cmd
+    from onnx_rmpe.cli.finetune import finetune_cmd
     from onnx_rmpe.cli.inspect import inspect_cmd
 
-    for cmd in (convert_cmd, calibrate_cmd, evaluate_cmd, inspect_cmd, demo_cmd):
+    for cmd in (convert_cmd, calibrate_cmd, evaluate_cmd, inspect_cmd, demo_cmd, finetune_cmd):
+        log_options(cmd)  # -v/-q also after the command name
         cli.add_command(cmd)
-    try:
-        from onnx_rmpe.cli.finetune import finetune_cmd
-    except ImportError:  # pragma: no cover - the finetune command ships with the package
-        return
-    cli.add_command(finetune_cmd)
 
 
 _register()

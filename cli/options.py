@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from pathlib import Path
 
 import click
@@ -10,6 +12,50 @@ import click
 from onnx_rmpe.errors import OptionError
 from onnx_rmpe.outputs import check_outputs, remove_quietly, write_text
 from onnx_rmpe.runtime.memory import parse_size
+
+
+def _count_verbose(ctx: click.Context, param, value):
+    root = ctx.find_root()
+    root.meta["onnx_rmpe.verbose"] = root.meta.get("onnx_rmpe.verbose", 0) + (value or 0)
+    set_log_level(ctx)
+
+
+def _set_quiet(ctx: click.Context, param, value):
+    if value:
+        ctx.find_root().meta["onnx_rmpe.quiet"] = True
+    set_log_level(ctx)
+
+
+def log_options(fn):
+    """-v/--verbose (count) and -q/--quiet; accepted before and after the command name."""
+    fn = click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_quiet,
+                      help="Only results, warnings and errors: no progress bars, no "
+                           "tables.")(fn)
+    fn = click.option("-v", "--verbose", count=True, expose_value=False,
+                      callback=_count_verbose,
+                      help="More log output (-vv for debug, with third-party logs).")(fn)
+    return fn
+
+
+def set_log_level(ctx: click.Context) -> None:
+    """onnx-rmpe's loggers at WARNING by default, INFO with -v, DEBUG with -vv; -q: WARNING
+    and no progress bars or tables."""
+    meta = ctx.find_root().meta
+    verbose, quiet = meta.get("onnx_rmpe.verbose", 0), meta.get("onnx_rmpe.quiet", False)
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    if quiet:
+        level = logging.WARNING
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr, force=True)
+    logging.getLogger("onnx_rmpe").setLevel(level)
+    if verbose > 1:
+        logging.getLogger().setLevel(logging.DEBUG)
+
+
+def quiet() -> bool:
+    """Whether -q was given (before or after the command name)."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.find_root().meta.get("onnx_rmpe.quiet"))
 
 
 def _size(ctx, param, value):

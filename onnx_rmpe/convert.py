@@ -39,8 +39,8 @@ from onnx_rmpe.passes.qcfs_to_if import qcfs_to_if
 from onnx_rmpe.passes.recognize_qcfs import recognize_qcfs
 from onnx_rmpe.passes.relu_to_qcfs import activation_sites, qcfs_nodes, relu_to_qcfs
 from onnx_rmpe.passes.support import check_supported
-from onnx_rmpe.runtime.neurons import DEFAULT_PHI
 from onnx_rmpe.runtime.memory import plan_batch
+from onnx_rmpe.runtime.neurons import DEFAULT_PHI
 from onnx_rmpe.runtime.session import Device
 from onnx_rmpe.runtime.statistics import positive_percentiles
 from onnx_rmpe.runtime.streaming import snn_to_streaming
@@ -48,6 +48,8 @@ from onnx_rmpe.runtime.streaming import snn_to_streaming
 logger = logging.getLogger(__name__)
 
 MODES = ("multistep", "streaming")
+#: QCFS levels of a ReLU model when none are given (a trained QCFS model keeps its own).
+DEFAULT_LEVELS = 8
 
 
 @dataclass
@@ -69,7 +71,7 @@ class ConversionResult:
 def _check_options(T, levels, percentile, calib_samples, batch_size, threads, mode,
                    rmpe_sweeps) -> None:
     validate.time_steps("T", T)
-    validate.integer("levels", levels, minimum=1)
+    validate.integer("levels", levels, minimum=1, optional=True)
     validate.number("percentile", percentile, minimum=0, maximum=100, exclusive_minimum=True)
     validate.samples("calib_samples", calib_samples)
     validate.batch_size(batch_size)
@@ -100,7 +102,7 @@ def refuse_non_float32(model: onnx.ModelProto, source: str) -> None:
                               "(e.g. model.float() in PyTorch before torch.onnx.export)")
 
 
-def build_qcfs(model: onnx.ModelProto, data: Dataset | None, *, levels: int = 8,
+def build_qcfs(model: onnx.ModelProto, data: Dataset | None, *, levels: int | None = None,
                percentile: float = 99.9, batch_size: int = 128, threads: int | None = None,
                device: Device = "cpu", source: str = "<model>",
                max_memory: int | None = None) -> tuple[onnx.ModelProto, dict]:
@@ -117,11 +119,16 @@ def build_qcfs(model: onnx.ModelProto, data: Dataset | None, *, levels: int = 8,
     sites = activation_sites(graph)
     trained = qcfs_nodes(graph)
     if trained:  # a fine-tuned QCFS model: its own L wins (one L per model)
-        found = {int(n.attrs.get("levels", levels)) for n in trained}
+        found = {int(n.attrs.get("levels", levels or DEFAULT_LEVELS)) for n in trained}
         if len(found) > 1:
             raise ConversionError(f"model '{source}' has QCFS layers with different levels "
                                   f"{sorted(found)}; one L per model is supported")
+        if levels is not None and levels not in found:
+            logger.warning("model '%s' has trained QCFS layers with L=%d; levels=%d is ignored "
+                           "(thresholds were trained for that L)", source, next(iter(found)),
+                           levels)
         levels = found.pop()
+    levels = DEFAULT_LEVELS if levels is None else levels
     if not sites and not trained:
         raise ConversionError(f"model '{source}' has no ReLU-like activation (Relu, Clip(0, m), "
                               "Max(x, 0)) or QCFS node: there is nothing to turn into neurons")
@@ -169,7 +176,8 @@ def qcfs_to_snn(qcfs: onnx.ModelProto, *, T: int, phi: float = DEFAULT_PHI) -> o
 
 
 def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
-            output: str | os.PathLike | None = None, levels: int = 8, percentile: float = 99.9,
+            output: str | os.PathLike | None = None, levels: int | None = None,
+            percentile: float = 99.9,
             calib_samples: int | None = 512, batch_size: int = 128, rmpe: bool = True,
             rmpe_granularity: str = "neuron", rmpe_sweeps: int = 1,
             mode: str = "multistep", finetune_data=None, epochs: int = 3,
@@ -215,7 +223,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     if finetune_data is not None:
         from onnx_rmpe.finetune import finetune
 
-        tuned = finetune(proto, finetune_data, levels=levels, epochs=epochs, lr=finetune_lr,
+        chosen = {} if levels is None else {"levels": levels}  # else finetune's default L
+        tuned = finetune(proto, finetune_data, **chosen, epochs=epochs, lr=finetune_lr,
                          batch_size=batch_size, percentile=percentile, seed=seed,
                          progress=progress)
         proto, levels = tuned.model, tuned.levels
@@ -223,6 +232,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     qcfs, thresholds = build_qcfs(proto, data, levels=levels, percentile=percentile,
                                   batch_size=batch_size, threads=threads, device=device,
                                   source=source, max_memory=max_memory)
+    levels = int(get_metadata(qcfs)["onnx_rmpe.levels"])  # the L used (a trained model's own)
     snn = qcfs_to_snn(qcfs, T=T)
     calibration = None
     if rmpe:

@@ -101,6 +101,7 @@ def run_demo(out_dir: str | Path = "onnx-rmpe-demo", *, T: int = 4, levels: int 
     ann = train_digits_cnn(train, epochs=epochs, seed=seed)
     ann_path = out / "digits_cnn.onnx"
     onnx.save(ann, str(ann_path))
+    np.savez(out / "train.npz", x=train.x, y=train.y)  # for `onnx-rmpe finetune`
     np.savez(out / "calib.npz", x=train.x[:512], y=train.y[:512])
     np.savez(out / "test.npz", x=test.x, y=test.y)
     result = DemoResult(evaluate(ann, test).accuracy, 0.0)

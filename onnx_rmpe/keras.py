@@ -107,7 +107,7 @@ def export(model: keras.Model, path: str | os.PathLike | None, input_signature=N
         import tensorflow as tf
         import tf2onnx
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise MissingDependencyError("tf2onnx", "keras", "exporting a Keras model") from exc
+        raise MissingDependencyError("tf2onnx", "tf", "exporting a Keras model") from exc
     signature = _signature(model, input_signature)
 
     @tf.function(input_signature=signature)

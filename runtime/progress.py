@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 
 
@@ -22,8 +23,11 @@ class _Silent:
 
 @contextlib.contextmanager
 def progress_bar(enabled: bool, description: str = "") -> Iterator:
-    """A rich Progress (on stderr, removed when done) or a silent object with its API."""
-    if not enabled:
+    """A rich Progress (on stderr, removed when done) or a silent object with its API.
+
+    Off when stderr is not a terminal (logs, pipes, CI): a bar there is noise.
+    """
+    if not enabled or not sys.stderr.isatty():
         yield _Silent()
         return
     from rich.console import Console
