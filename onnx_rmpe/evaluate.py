@@ -14,7 +14,7 @@ import onnx
 from onnx_rmpe import validate
 from onnx_rmpe.data import check_fits, check_labels, load_data
 from onnx_rmpe.errors import ConversionError, OptionError
-from onnx_rmpe.modelio import get_metadata, is_qcfs, is_snn, is_streaming, read_model
+from onnx_rmpe.modelio import get_metadata, model_kind, read_model
 from onnx_rmpe.passes.qcfs_to_if import PER_STEP_SUFFIX
 from onnx_rmpe.runtime.memory import plan_batch
 from onnx_rmpe.runtime.metrics import AccuracyCounter
@@ -61,7 +61,7 @@ def evaluate(model: str | os.PathLike | onnx.ModelProto, data, *,
     ds = load_data(data, require_labels=True).head(samples)
     check_fits(ds, proto)
     check_labels(ds, _classes(proto))
-    kind = _kind(proto)
+    kind = model_kind(proto)
     if kind != "snn-streaming":
         batch_size = plan_batch(proto, batch_size, max_memory, what=f"the {kind.upper()}")
     predict, provider = _predictor(proto, kind, threads=threads, device=device)
@@ -95,14 +95,6 @@ def _input_dtype(proto: onnx.ModelProto) -> np.dtype:
     inits = {i.name for i in proto.graph.initializer}
     inp = next(i for i in proto.graph.input if i.name not in inits)
     return onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type or 1)
-
-
-def _kind(proto: onnx.ModelProto) -> str:
-    if is_streaming(proto):
-        return "snn-streaming"
-    if is_snn(proto):
-        return "snn"
-    return "qcfs" if is_qcfs(proto) else "ann"
 
 
 def _predictor(proto: onnx.ModelProto, kind: str, *, threads: int | None, device: str):

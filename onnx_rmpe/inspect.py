@@ -13,10 +13,8 @@ from onnx_rmpe.errors import ConversionError
 from onnx_rmpe.modelio import (
     default_opset,
     get_metadata,
-    is_qcfs,
-    is_snn,
-    is_streaming,
     load_model,
+    model_kind,
     prepare,
     to_graph,
 )
@@ -60,9 +58,7 @@ def inspect_model(model: str | os.PathLike | onnx.ModelProto) -> ModelInfo:
     path = str(model) if not isinstance(model, onnx.ModelProto) else "<model>"
     proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
     inits = {i.name for i in proto.graph.initializer}
-    kind = "snn" if is_snn(proto) else ("qcfs" if is_qcfs(proto) else "ann")
-    if is_streaming(proto):
-        kind = "snn-streaming"
+    kind = model_kind(proto)
     info = ModelInfo(path, kind, default_opset(proto), proto.ir_version,
                      _value_infos(i for i in proto.graph.input if i.name not in inits),
                      _value_infos(proto.graph.output), metadata=get_metadata(proto))

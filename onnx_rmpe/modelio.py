@@ -286,3 +286,12 @@ def is_streaming(model: onnx.ModelProto) -> bool:
 
 def is_qcfs(model: onnx.ModelProto) -> bool:
     return uses_op(model, QCFS_OP) and not is_snn(model)
+
+
+def model_kind(model: onnx.ModelProto) -> str:
+    """``snn-streaming``, ``snn``, ``qcfs`` or ``ann``."""
+    if is_streaming(model):
+        return "snn-streaming"
+    if is_snn(model):
+        return "snn"
+    return "qcfs" if is_qcfs(model) else "ann"
