@@ -60,6 +60,7 @@ class ConversionResult:
     calibration: CalibrationResult | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    report: object | None = None  # ReportResult with report_dir (onnx_rmpe.report)
 
 
 def _check_options(T: int, levels: int, percentile: float, calib_samples: int | None,
@@ -151,7 +152,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
             save_qcfs: str | os.PathLike | None = None,
             threads: int | None = None, device: Device = "cpu",
             providers: Sequence[str] | None = None,
-            progress: bool = False) -> ConversionResult:
+            progress: bool = False,
+            report_dir: str | os.PathLike | None = None) -> ConversionResult:
     """Convert an ONNX ANN into a multi-step IF-neuron SNN, RMPE-calibrated for ``T``.
 
     ``calib`` (path, array, ``(x, y)`` or :class:`Dataset`; the first ``calib_samples``
@@ -166,7 +168,9 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     whole conversion succeeds. ``device`` (``cpu`` or ``cuda``, which needs
     onnxruntime-gpu) or ``providers`` (onnxruntime provider names, which win) choose where
     thresholds and calibration run; an unavailable provider falls back to CPU with a
-    warning, and ``result.calibration.provider`` says which one ran.
+    warning, and ``result.calibration.provider`` says which one ran. ``report_dir``: also
+    run :func:`onnx_rmpe.report` of the multi-step SNN on the calibration samples and
+    write it there (``result.report``).
     """
     device = list(providers) if providers else device
     start = time.perf_counter()
@@ -182,6 +186,9 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
         raise OptionError("--calib", "RMPE calibration needs calibration data; give --calib "
                                      "(an .npz with array 'x') or turn it off with --no-rmpe")
     proto, source = read_model(model)
+    if report_dir is not None and calib is None:
+        raise OptionError("--report", "the report runs on the calibration data: give --calib")
+    original = proto
     if finetune_data is not None:
         from onnx_rmpe.finetune import finetune
 
@@ -205,13 +212,24 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     if data is not None:
         set_metadata(snn, "onnx_rmpe.calib_samples", str(len(data)))
     set_metadata(snn, "onnx_rmpe.thresholds", json.dumps(thresholds))
+    snn_report = None
+    if report_dir is not None:
+        from onnx_rmpe.report import report
+
+        snn_report = report(snn, data, qcfs=qcfs, ann=original, batch_size=batch_size,
+                            threads=threads, device=device, progress=progress)
     if mode == "streaming":
         snn = snn_to_streaming(snn)
-    result = ConversionResult(snn, qcfs, T, levels, thresholds, calibration=calibration)
+    result = ConversionResult(snn, qcfs, T, levels, thresholds, calibration=calibration,
+                              report=snn_report)
     if save_qcfs is not None:
         result.qcfs_path = save_model(qcfs, save_qcfs)
     if output is not None:
         result.output_path = save_model(snn, output)
+    if snn_report is not None:
+        from onnx_rmpe.report import write_report
+
+        write_report(snn_report, report_dir)
     result.seconds = time.perf_counter() - start
     logger.info("converted %s: %d spiking layer(s), T=%d, L=%d in %.1fs", source,
                 len(thresholds), T, levels, result.seconds)

@@ -269,3 +269,49 @@ def test_user_errors(chain):
         onnx_rmpe.report(ann, x)
     with pytest.raises(ConversionError, match="energ"):
         onnx_rmpe.report(snn, x, energy_ac=0)
+
+
+def test_cli_convert_evaluate_inspect_report(tmp_path):
+    from click.testing import CliRunner
+
+    from onnx_rmpe.cli.main import cli
+
+    rng = np.random.default_rng(3)
+    model, _ = chain_model(rng)
+    onnx.save(model, str(tmp_path / "net.onnx"))
+    x = rng.uniform(0, 1, (40, 2, 5, 5)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x, y=rng.integers(0, 10, 40))
+
+    def invoke(*args):
+        return CliRunner().invoke(cli, [str(a) for a in args])
+
+    r = invoke("convert", tmp_path / "net.onnx", "--T", T, "--calib", tmp_path / "calib.npz",
+               "--save-qcfs", tmp_path / "net.qcfs.onnx", "--report", tmp_path / "conv",
+               "--threads", 1)
+    assert r.exit_code == 0, r.output
+    assert "Linear layers" in r.output and "SNN/ANN energy" in r.output
+    conv = json.loads((tmp_path / "conv" / "report.json").read_text())
+    assert conv["samples"] == 40 and conv["ann_accuracy"] is not None
+    assert conv["linear_layers"][0]["inputs"] == "static"
+
+    snn = tmp_path / "net.snn.onnx"
+    r = invoke("evaluate", snn, "--data", tmp_path / "calib.npz", "--report", tmp_path / "ev",
+               "--qcfs", tmp_path / "net.qcfs.onnx", "--energy-ac", 0.5, "--threads", 1)
+    assert r.exit_code == 0, r.output
+    ev = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert ev["energy_constants"]["ac_pj"] == 0.5 and ev["qcfs_accuracy"] is not None
+    assert ev["synops_per_step"] == pytest.approx(conv["synops_per_step"], rel=1e-9)
+    assert f"accuracy: {ev['accuracy_per_step'][-1]:.4f}" in r.output
+
+    r = invoke("inspect", snn)
+    assert r.exit_code == 0, r.output
+    assert "MACs per sample (linear layers, dense): 3,765" in r.output
+    assert "RMPE calibration (recorded" in r.output
+    assert all(f"    {name} " in r.output for name in ("A", "B", "C"))
+    r = invoke("inspect", tmp_path / "net.onnx")
+    assert "MACs per sample (linear layers, dense): 3,765" in r.output
+
+    r = invoke("evaluate", snn, "--data", tmp_path / "calib.npz", "--report", tmp_path / "e2",
+               "--energy-mac", -1)
+    assert r.exit_code == 1 and "error: option --energy-mac" in r.output
+    assert not (tmp_path / "e2").exists()
