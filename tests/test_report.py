@@ -315,3 +315,52 @@ def test_cli_convert_evaluate_inspect_report(tmp_path):
                "--energy-mac", -1)
     assert r.exit_code == 1 and "error: option --energy-mac" in r.output
     assert not (tmp_path / "e2").exists()
+
+
+def _op_model(rng, kind: str) -> onnx.ModelProto:
+    """x[N,4,6,6] -> one op (or pool + op) with positive weights, some exactly zero."""
+    w = np.abs(_w(rng, 6, 4, 3, 3)) + 0.1
+    w[w < 0.3] = 0.0
+    node = {
+        "s2p1": helper.make_node("Conv", ["x", "w"], ["y"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        "dil_groups_asym": helper.make_node("Conv", ["x", "wg"], ["y"], dilations=[2, 1],
+                                            pads=[0, 1, 2, 0], group=2),
+        "same_upper": helper.make_node("Conv", ["x", "w"], ["y"], strides=[2, 2],
+                                       auto_pad="SAME_UPPER"),
+        "transpose": helper.make_node("ConvTranspose", ["x", "wt"], ["y"], strides=[2, 2],
+                                      pads=[1, 1, 1, 1]),
+        "pool_conv": helper.make_node("Conv", ["p", "w"], ["y"], pads=[1, 1, 1, 1]),
+        "matmul": helper.make_node("MatMul", ["x", "m"], ["y"]),
+    }[kind]
+    nodes = [node]
+    if kind == "pool_conv":
+        nodes.insert(0, helper.make_node("AveragePool", ["x"], ["p"], kernel_shape=[2, 2],
+                                         strides=[2, 2]))
+    m = np.abs(_w(rng, 6, 5))
+    m[m < 0.4] = 0.0
+    inits = [("w", w), ("wg", w[:, :2]), ("wt", w.transpose(1, 0, 2, 3)[:, :3]), ("m", m)]
+    inits = [(k, v) for k, v in inits if k in node.input]
+    model = make_model(nodes, [vi("x", ["N", 4, 6, 6])], [vi("y", ["N", "C", "H", "W"])], inits)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["s2p1", "dil_groups_asym", "same_upper", "transpose",
+                                  "pool_conv", "matmul"])
+def test_fanout_equals_brute_force_count(kind):
+    """Fan-out of every input element = outputs that change when only it is 1 (onnxruntime)."""
+    import onnx_graphsurgeon as gs
+
+    from onnx_rmpe.runtime.fanout import glue_fanout, layer_fanout
+
+    model = _op_model(np.random.default_rng(5), kind)
+    probes = np.eye(4 * 36, dtype=np.float32).reshape(-1, 4, 6, 6)
+    reached = (run(model, probes)[0] != 0).reshape(len(probes), -1).sum(1)
+    graph = gs.import_onnx(model)
+    names = [t.name for n in graph.nodes for t in n.outputs]
+    shapes = tensor_shapes(model, probes, names=names)
+    *glue, layer = graph.nodes
+    fan, _ = layer_fanout(layer, shapes)
+    for node in reversed(glue):
+        fan = glue_fanout(node, 0, fan, shapes)
+    np.testing.assert_array_equal(np.asarray(fan).reshape(-1), reached)
+    assert reached.min() < reached.max()             # borders and zeros make it vary
