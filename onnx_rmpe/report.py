@@ -1,7 +1,8 @@
 """The report of an SNN: accuracy per step, firing rates, MACs vs. SynOps, energy, plots.
 
 One pass over the data (batch by batch, memory independent of its size) records the
-spikes of every IF layer of the multi-step SNN; from them:
+spikes of every IF layer of the SNN (multi-step: one run per batch with the IF outputs
+exposed; streaming: stepped ``T`` times); from them:
 
 * per spiking layer: neurons, mean firing rate (spikes per neuron per step), fraction of
   silent (never fired in ``T`` steps) and saturated (fired at every step) neurons, over
@@ -31,13 +32,13 @@ import onnx
 
 from onnx_rmpe.data import check_fits, load_data
 from onnx_rmpe.errors import ConversionError, OptionError
-from onnx_rmpe.modelio import is_snn, is_streaming, read_model
+from onnx_rmpe.modelio import get_metadata, is_snn, is_streaming, read_model, to_graph
 from onnx_rmpe.passes.qcfs_to_if import PER_STEP_SUFFIX
-from onnx_rmpe.runtime.activity import record
+from onnx_rmpe.runtime.activity import record, record_streaming
 from onnx_rmpe.runtime.neurons import DOMAIN, IF_OP
 from onnx_rmpe.runtime.plots import write_plots
 from onnx_rmpe.runtime.session import Device
-from onnx_rmpe.runtime.synops import linear_layers, tensor_shapes
+from onnx_rmpe.runtime.synops import linear_layers, spike_sources, tensor_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,9 @@ def report(model: str | os.PathLike | onnx.ModelProto, data, *,
            energy_ac: float = 0.9, first_layer_every_step: bool = True,
            batch_size: int = 128, samples: int | None = None, threads: int | None = None,
            device: Device = "cpu", progress: bool = False) -> ReportResult:
-    """Firing rates, MACs vs. SynOps and energy of the multi-step SNN ``model`` on ``data``.
+    """Firing rates, MACs vs. SynOps and energy of the SNN ``model`` on ``data``.
+
+    ``model``: a multi-step SNN (one run per batch) or a streaming one (stepped T times).
 
     ``data``: path, array, ``(x, y)`` or Dataset; with labels ``y`` the accuracy after
     every step too (and of ``qcfs`` / ``ann``, given as models or paths, for reference).
@@ -137,24 +140,24 @@ def report(model: str | os.PathLike | onnx.ModelProto, data, *,
     if energy_mac <= 0 or energy_ac <= 0:
         raise OptionError("--energy-mac/--energy-ac", "energies must be positive (pJ)")
     proto, source = read_model(model)
-    if is_streaming(proto):
-        raise ConversionError(f"'{source}' is a streaming (one-step) SNN; the report runs "
-                              "the multi-step model: give the SNN written by convert "
-                              "--mode multistep")
-    if not is_snn(proto):
+    streaming = is_streaming(proto)
+    if not streaming and not is_snn(proto):
         raise ConversionError(f"'{source}' is not an SNN (no IFNeuron layer); convert it "
                               "first: onnx-rmpe convert MODEL.onnx --T 4 --calib CALIB.npz")
     ds = load_data(data).head(samples)
     check_fits(ds, proto)
     shapes = tensor_shapes(proto, ds.x)
     layers = linear_layers(proto, shapes)
-    ifs = [n for n in proto.graph.node if n.op_type == IF_OP and n.domain == DOMAIN]
-    T = int(next(a.i for a in ifs[0].attribute if a.name == "T"))
-    spikes = {n.output[0]: n.name for n in ifs}
-    counter, accuracy, provider = record(
-        proto, ds.x, ds.y, spikes=list(spikes), shapes={s: shapes[s][1:] for s in spikes},
-        T=T, per_step_output=proto.graph.output[0].name + PER_STEP_SUFFIX,
-        batch_size=batch_size, threads=threads, device=device, progress=progress)
+    spikes = {tensor: name for tensor, (name, _) in spike_sources(to_graph(proto)).items()}
+    T = _steps(proto, streaming)
+    options = dict(spikes=list(spikes), shapes={s: shapes[s][1:] for s in spikes}, T=T,
+                   batch_size=batch_size, threads=threads, device=device, progress=progress)
+    if streaming:
+        counter, accuracy, provider = record_streaming(proto, ds.x, ds.y, **options)
+    else:
+        counter, accuracy, provider = record(
+            proto, ds.x, ds.y, per_step_output=proto.graph.output[0].name + PER_STEP_SUFFIX,
+            **options)
     result = ReportResult(source, T, len(ds), provider, energy_mac, energy_ac,
                           "at every step" if first_layer_every_step else "once",
                           accuracy_per_step=accuracy.accuracy())
@@ -168,6 +171,16 @@ def report(model: str | os.PathLike | onnx.ModelProto, data, *,
     logger.info("report of %s on %d samples: %d spiking, %d linear layer(s), %.1fs", source,
                 len(ds), len(result.spiking_layers), len(result.linear_layers), result.seconds)
     return result
+
+
+def _steps(proto: onnx.ModelProto, streaming: bool) -> int:
+    if streaming:
+        T = int(get_metadata(proto).get("onnx_rmpe.T", 0))
+        if T < 1:
+            raise ConversionError("streaming SNN without 'onnx_rmpe.T' in its metadata")
+        return T
+    node = next(n for n in proto.graph.node if n.op_type == IF_OP and n.domain == DOMAIN)
+    return int(next(a.i for a in node.attribute if a.name == "T"))
 
 
 def _fill(result: ReportResult, counter, layers, spikes: dict[str, str],

@@ -75,3 +75,32 @@ def record(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray | None, *, spike
                 accuracy.update(values[0], y[sl])
             bar.advance(task, n)
     return counter, accuracy, active_provider(session)
+
+
+def record_streaming(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray | None, *,
+                     spikes: Sequence[str], shapes: dict[str, tuple[int, ...]], T: int,
+                     batch_size: int = 128, threads: int | None = None,
+                     device: Device = "cpu",
+                     progress: bool = False) -> tuple[SpikeCounter, AccuracyCounter, str]:
+    """:func:`record` for a streaming (one step per call) SNN, stepped ``T`` times."""
+    from onnx_rmpe.runtime.streaming import StreamingRunner
+
+    runner = StreamingRunner(expose_outputs(model, list(spikes)), threads=threads,
+                             device=device)
+    counter = SpikeCounter(T, {s: shapes[s] for s in spikes})
+    accuracy = AccuracyCounter()
+    with progress_bar(progress, "report") as bar:
+        task = bar.add_task("SNN (stepped)", total=len(x))
+        for sl in batches(len(x), batch_size):
+            runner.reset(sl.stop - sl.start)
+            steps, logits = [], []
+            for _ in range(T):
+                logits.append(runner.step(x[sl]))
+                steps.append([runner.outputs[s] for s in spikes])
+            n = sl.stop - sl.start
+            counter.update({s: np.concatenate([step[i] for step in steps])
+                            for i, s in enumerate(spikes)}, n)
+            if y is not None:
+                accuracy.update(np.stack(logits), y[sl])
+            bar.advance(task, n)
+    return counter, accuracy, active_provider(runner.session)

@@ -84,6 +84,7 @@ def tensor_shapes(model: onnx.ModelProto, sample: np.ndarray, *,
     if names is None:
         names = [t.name for n in graph.nodes for t in n.outputs
                  if n.op in WEIGHT_OPS + GLUE_OPS or is_if(n)]
+        names += [current for _, current in spike_sources(graph).values()]
     names = list(dict.fromkeys(names))
     session = make_session(expose_outputs(model, names), threads=1)
     input_name = session.get_inputs()[0].name
@@ -93,17 +94,41 @@ def tensor_shapes(model: onnx.ModelProto, sample: np.ndarray, *,
     return shapes
 
 
-def temporal_tensors(graph: gs.Graph) -> set[str]:
-    """Tensors downstream of a spiking layer (``[T*N, ...]``, changing over time)."""
+def spike_sources(graph: gs.Graph) -> dict[str, tuple[str, str]]:
+    """Spike tensors -> (layer name, input current tensor), multi-step or streaming.
+
+    Multi-step: the outputs of ``IFNeuron`` nodes. Streaming (one step per call): the
+    ``theta * Cast(GreaterOrEqual(m, theta))`` tensors with ``m = Add(<layer>.v, x)``.
+    """
+    found = {}
+    for node in graph.toposort().nodes:
+        if is_if(node):
+            found[node.outputs[0].name] = (node.name, node.inputs[0].name)
+        elif node.op == "Mul" and node.inputs and node.inputs[0].inputs:
+            cast = node.inputs[0].inputs[0]
+            ge = cast.inputs[0].inputs[0] if cast.op == "Cast" and cast.inputs[0].inputs \
+                else None
+            add = ge.inputs[0].inputs[0] if ge is not None and ge.op == "GreaterOrEqual" \
+                and ge.inputs[0].inputs else None
+            if add is not None and add.op == "Add" and add.inputs[0].name.endswith(".v"):
+                found[node.outputs[0].name] = (add.inputs[0].name[:-2], add.inputs[1].name)
+    return found
+
+
+def temporal_tensors(graph: gs.Graph, sources: Iterable[str] | None = None) -> set[str]:
+    """Tensors downstream of a spiking layer (changing over time)."""
+    sources = set(spike_sources(graph) if sources is None else sources)
     temporal: set[str] = set()
     for node in graph.toposort().nodes:
-        if is_if(node) or any(t.name in temporal for t in node.inputs):
+        if any(t.name in temporal or t.name in sources for t in node.inputs) \
+                or any(t.name in sources for t in node.outputs):
             temporal.update(t.name for t in node.outputs)
     return temporal
 
 
 @dataclass
 class _Sources:
+    sources: set[str]
     spikes: dict[str, np.ndarray] = field(default_factory=dict)
     analog: bool = False
 
@@ -117,7 +142,7 @@ def _trace(tensor: gs.Tensor, fan: np.ndarray, temporal: set[str],
         found.analog = True  # a static signal mixed into a temporal one: counted as MACs
         return
     node = tensor.inputs[0]
-    if is_if(node):
+    if tensor.name in found.sources:
         prev = found.spikes.get(tensor.name)
         found.spikes[tensor.name] = fan if prev is None else prev + fan
         return
@@ -141,27 +166,30 @@ def linear_layers(model: onnx.ModelProto,
                   shapes: dict[str, tuple[int, ...]]) -> list[LinearLayer]:
     """Every linear layer of ``model`` with its dense MACs and, if spiking, its fan-outs."""
     graph = gs.import_onnx(model)
-    temporal = temporal_tensors(graph)
+    sources = spike_sources(graph)
+    temporal = temporal_tensors(graph, sources)
+    tensors = graph.tensors()
     layers = []
     for node in graph.toposort().nodes:
-        if is_weight_layer(node):
-            fan, macs = layer_fanout(node, shapes)
-            layer = LinearLayer(node.name, node.op, macs, "static")
-            if node.inputs[0].name in temporal:
-                found = _Sources()
-                _trace(node.inputs[0], fan, temporal, shapes, found, node.name)
-                layer.inputs = "analog" if found.analog or not found.spikes else "spikes"
-                layer.fanouts = found.spikes if layer.inputs == "spikes" else {}
-            layers.append(layer)
-        elif is_if(node) and node.inputs[0].name in temporal:
-            current = node.inputs[0]
-            per_sample = shapes[current.name][1:]
-            found = _Sources()
-            _trace(current, np.ones(per_sample, np.int64), temporal, shapes, found, node.name)
-            if found.spikes:
-                layers.append(LinearLayer(f"{node.name} shortcut", "Add", 0, "spikes",
-                                          found.spikes,
-                                          int(np.prod(per_sample)) * len(found.spikes)))
+        if not is_weight_layer(node):
+            continue
+        fan, macs = layer_fanout(node, shapes)
+        layer = LinearLayer(node.name, node.op, macs, "static")
+        if node.inputs[0].name in temporal:
+            found = _Sources(set(sources))
+            _trace(node.inputs[0], fan, temporal, shapes, found, node.name)
+            layer.inputs = "analog" if found.analog or not found.spikes else "spikes"
+            layer.fanouts = found.spikes if layer.inputs == "spikes" else {}
+        layers.append(layer)
+    for name, current in sources.values():
+        if current not in temporal:
+            continue
+        per_sample = shapes[current][1:]
+        found = _Sources(set(sources))
+        _trace(tensors[current], np.ones(per_sample, np.int64), temporal, shapes, found, name)
+        if found.spikes:
+            layers.append(LinearLayer(f"{name} shortcut", "Add", 0, "spikes", found.spikes,
+                                      int(np.prod(per_sample)) * len(found.spikes)))
     logger.debug("found %d linear layer(s)", len(layers))
     return layers
 

@@ -260,10 +260,6 @@ def test_memory_does_not_grow_with_samples(chain, monkeypatch):
 
 def test_user_errors(chain):
     snn, _, x, _, _ = chain
-    from onnx_rmpe.runtime.streaming import snn_to_streaming
-
-    with pytest.raises(ConversionError, match="streaming"):
-        onnx_rmpe.report(snn_to_streaming(snn), x)
     ann, _ = chain_model(np.random.default_rng(1))
     with pytest.raises(ConversionError, match="not an SNN"):
         onnx_rmpe.report(ann, x)
@@ -364,3 +360,21 @@ def test_fanout_equals_brute_force_count(kind):
         fan = glue_fanout(node, 0, fan, shapes)
     np.testing.assert_array_equal(np.asarray(fan).reshape(-1), reached)
     assert reached.min() < reached.max()             # borders and zeros make it vary
+
+
+def test_streaming_model_is_stepped_with_the_same_figures(chain):
+    from onnx_rmpe.runtime.streaming import snn_to_streaming
+
+    snn, _, x, y, _ = chain
+    multi = onnx_rmpe.report(snn, (x, y), batch_size=10)
+    stream = onnx_rmpe.report(snn_to_streaming(snn), (x, y), batch_size=10)
+    assert stream.T == T and len(stream.linear_layers) == len(multi.linear_layers)
+    assert stream.accuracy_per_step == multi.accuracy_per_step
+    assert stream.synops_per_step == pytest.approx(multi.synops_per_step, rel=1e-12)
+    for a, b in zip(stream.spiking_layers, multi.spiking_layers):
+        assert (a.name, a.neurons) == (b.name, b.neurons)
+        assert a.firing_rate == pytest.approx(b.firing_rate, rel=1e-12)
+        assert a.saturated_fraction == pytest.approx(b.saturated_fraction, rel=1e-12)
+    for a, b in zip(stream.linear_layers, multi.linear_layers):
+        assert (a.name, a.inputs, a.macs) == (b.name, b.inputs, b.macs)
+    assert multi.synops_per_step[-1] > 0
