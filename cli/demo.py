@@ -38,4 +38,5 @@ def demo_cmd(out_dir: Path, T: int, levels: int, epochs: int, seed: int) -> None
     click.echo(f"wrote SNN model (T={T}, RMPE) to {result.snn_path}")
     click.echo(f"report of this SNN on the held-out digits (T={T}):")
     print_snn_report(result.report)
-    click.echo(f"try: onnx-rmpe evaluate {result.snn_path} --data {out_dir / 'test.npz'}")
+    click.echo(f"try: onnx-rmpe evaluate {result.snn_path} --data {out_dir / 'test.npz'} "
+               f"--report {out_dir / 'report'}")
