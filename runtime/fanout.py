@@ -10,7 +10,9 @@ groups. The layer's dense multiply-accumulates (the ANN's cost, zeros included) 
 Ops that only move or mix values linearly (AveragePool, GlobalAveragePool, Flatten,
 Reshape, Transpose, Pad, Concat, Add, Squeeze/Unsqueeze, scaling by constants) carry a
 fan-out back to their inputs: ``F_in[i] = sum of F_out[k]`` over the outputs ``k`` that
-read ``i``. All shapes here are per sample (no batch axis).
+read ``i`` (one accumulate per path: with overlapping pooling windows an output reached
+through two windows counts twice; with the usual non-overlapping pools each path is a
+distinct synapse). All shapes here are per sample (no batch axis).
 """
 
 from __future__ import annotations
