@@ -14,7 +14,7 @@ from onnx_rmpe.cli.options import (
     runtime_options,
     write_json,
 )
-from onnx_rmpe.cli.report import print_calibration
+from onnx_rmpe.cli.report import print_calibration, print_snn_report
 
 
 @click.command("convert")
@@ -51,13 +51,16 @@ from onnx_rmpe.cli.report import print_calibration
               help="Fine-tuning seed (with --finetune-data).")
 @click.option("--save-qcfs", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the QCFS ANN (a valid ONNX model of its own).")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write the SNN report (firing rates, SynOps, energy, plots) on the "
+                   "calibration data into this folder.")
 @runtime_options
 @json_option
 def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, levels: int | None,
                 percentile: float, calib_samples: int, rmpe: bool, rmpe_granularity: str,
                 rmpe_sweeps: int, mode: str, finetune_data: Path | None, epochs: int,
-                lr: float, seed: int, save_qcfs: Path | None, batch_size: int,
-                threads: int | None, device: str, max_memory: int | None,
+                lr: float, seed: int, save_qcfs: Path | None, report_dir: Path | None,
+                batch_size: int, threads: int | None, device: str, max_memory: int | None,
                 json_path: Path | None) -> None:
     """Convert MODEL (an ONNX ReLU or QCFS network) into an IF-neuron SNN for T steps."""
     from onnx_rmpe.convert import convert
@@ -70,7 +73,7 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
                      rmpe=rmpe, rmpe_granularity=rmpe_granularity, rmpe_sweeps=rmpe_sweeps,
                      mode=mode, finetune_data=finetune_data, epochs=epochs, finetune_lr=lr,
                      seed=seed, save_qcfs=save_qcfs, threads=threads, device=device,
-                     max_memory=max_memory, progress=not quiet())
+                     max_memory=max_memory, progress=not quiet(), report_dir=report_dir)
     click.echo(f"converted {model}: {len(result.thresholds)} spiking layer(s), T={T}, "
                f"L={result.levels}, RMPE {'on' if result.calibration else 'off'}, {mode}")
     if result.calibration is not None:
@@ -79,6 +82,8 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
     if result.qcfs_path:
         click.echo(f"wrote QCFS ANN {result.qcfs_path}")
     click.echo(f"wrote SNN {result.output_path}")
+    if result.report is not None and not quiet():
+        print_snn_report(result.report)
     write_json(json_path, {"T": T, "levels": result.levels, "thresholds": result.thresholds,
                            "output": str(result.output_path),
                            "calibration": result.calibration.as_dict()

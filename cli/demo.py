@@ -8,6 +8,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from onnx_rmpe.cli.report import print_snn_report
+
 
 @click.command("demo")
 @click.option("--out-dir", default="onnx-rmpe-demo", show_default=True,
@@ -26,7 +28,7 @@ def demo_cmd(out_dir: Path, T: int, levels: int, epochs: int, seed: int) -> None
     from onnx_rmpe.demo import run_demo
 
     click.echo("training a small CNN on scikit-learn's digits (1400 train / 397 test)...")
-    result = run_demo(out_dir, T=T, levels=levels, epochs=epochs, seed=seed)
+    result = run_demo(out_dir, T=T, levels=levels, epochs=epochs, seed=seed, progress=True)
     console = Console(width=100)
     console.print(f"ANN accuracy:  {result.ann_accuracy:.4f}")
     console.print(f"QCFS accuracy: {result.qcfs_accuracy:.4f} (L={levels}, post-training)")
@@ -37,4 +39,7 @@ def demo_cmd(out_dir: Path, T: int, levels: int, epochs: int, seed: int) -> None
         table.add_row(str(steps), f"{result.plain[steps]:.4f}", f"{acc:.4f}")
     console.print(table)
     click.echo(f"wrote SNN model (T={T}, RMPE) to {result.snn_path}")
-    click.echo(f"try: onnx-rmpe evaluate {result.snn_path} --data {out_dir / 'test.npz'}")
+    click.echo(f"report of this SNN on the held-out digits (T={T}):")
+    print_snn_report(result.report)
+    click.echo(f"try: onnx-rmpe evaluate {result.snn_path} --data {out_dir / 'test.npz'} "
+               f"--report {out_dir / 'report'}")

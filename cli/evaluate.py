@@ -12,10 +12,11 @@ from onnx_rmpe.cli.options import (
     model_argument,
     parse_steps,
     quiet,
+    report_options,
     runtime_options,
     write_json,
 )
-from onnx_rmpe.cli.report import print_accuracy
+from onnx_rmpe.cli.report import print_accuracy, print_snn_report
 
 
 @click.command("evaluate")
@@ -26,14 +27,33 @@ from onnx_rmpe.cli.report import print_accuracy
               help="SNN steps to report, comma-separated (default: every step).")
 @click.option("--samples", default=None, type=int, help="Use only the first N samples.")
 @runtime_options
+@report_options
 @json_option
 def evaluate_cmd(model: Path, data: Path, steps: str | None, samples: int | None,
                  batch_size: int, threads: int | None, device: str, max_memory: int | None,
+                 report_dir: Path | None, qcfs: Path | None, ann: Path | None,
+                 energy_mac: float, energy_ac: float,
                  json_path: Path | None) -> None:
-    """Print the accuracy of MODEL (ANN, QCFS or SNN) on labelled DATA."""
-    from onnx_rmpe.evaluate import evaluate
+    """Print the accuracy of MODEL (ANN, QCFS or SNN) on labelled DATA.
 
-    guard_outputs({"json_path": json_path}, {"model": model, "data": data})
+    With --report DIR (SNN only): in the same pass, firing rates, synaptic operations
+    against the ANN's MACs, energy per step, and PNG plots, written to DIR.
+    """
+    from onnx_rmpe.evaluate import evaluate
+    from onnx_rmpe.report import report
+
+    guard_outputs({"json_path": json_path},
+                  {"model": model, "data": data, "qcfs": qcfs, "ann": ann})
+    if report_dir is not None:
+        rep = report(model, data, qcfs=qcfs, ann=ann, out_dir=report_dir,
+                     energy_mac=energy_mac, energy_ac=energy_ac, batch_size=batch_size,
+                     samples=samples, threads=threads, device=device, progress=not quiet())
+        if not quiet():
+            print_snn_report(rep)
+        if rep.accuracy_per_step:
+            click.echo(f"accuracy: {rep.accuracy_per_step[-1]:.4f}")
+        write_json(json_path, rep.as_dict())
+        return
     result = evaluate(model, data, steps=parse_steps(steps), batch_size=batch_size,
                       samples=samples, threads=threads, device=device, max_memory=max_memory,
                       progress=not quiet())

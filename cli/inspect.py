@@ -34,6 +34,16 @@ def inspect_cmd(model: Path, json_path: Path | None) -> None:
         extra = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in layer.items() if k not in ("node", "op") and v is not None)
         click.echo(f"    {layer['node']} ({layer['op']}) {extra}")
+    if info.macs is not None:
+        click.echo(f"  MACs per sample (linear layers, dense): {info.macs:,}")
+    if info.calibration:
+        click.echo("  RMPE calibration (recorded by convert/calibrate):")
+        click.echo(f"    {'layer':<24} {'neurons':>8} {'|E[a]-E[r]| before':>19} "
+                   f"{'after':>8} {'firing rate':>12} {'mean |v_init|':>14}")
+        for la in info.calibration:
+            click.echo(f"    {la['name']:<24} {la['neurons']:>8} {la['error_before']:>19.4f} "
+                       f"{la['error_after']:>8.4f} {la['firing_rate']:>12.3f} "
+                       f"{la['mean_abs_v_init']:>14.4f}")
     if info.blockers:
         click.echo(f"  blocks conversion: {len(info.blockers)} node(s)")
         for blocker in info.blockers:

@@ -116,3 +116,20 @@ def parse_steps(text: str | None) -> list[int] | None:
     except ValueError:
         raise OptionError("steps", f"expected comma-separated steps like 1,2,4,8, got '{text}'") \
             from None
+
+
+def report_options(fn):
+    """--report DIR, --qcfs, --ann, --energy-mac, --energy-ac."""
+    fn = click.option("--energy-ac", default=0.9, show_default=True, type=float,
+                      help="Energy of one accumulate (pJ) for the report.")(fn)
+    fn = click.option("--energy-mac", default=4.6, show_default=True, type=float,
+                      help="Energy of one multiply-accumulate (pJ) for the report.")(fn)
+    fn = click.option("--ann", "ann", type=click.Path(dir_okay=False, path_type=Path),
+                      help="The ANN, for its accuracy in the report.")(fn)
+    fn = click.option("--qcfs", type=click.Path(dir_okay=False, path_type=Path),
+                      help="The QCFS ANN, for its accuracy in the report.")(fn)
+    fn = click.option("--report", "report_dir", type=click.Path(file_okay=False,
+                                                                path_type=Path),
+                      help="Write the SNN report (firing rates, SynOps, energy, plots) "
+                           "into this folder.")(fn)
+    return fn

@@ -23,6 +23,7 @@ directory, so RAM does not grow with the number of samples.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -181,6 +182,9 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
                        "onnx_rmpe.rmpe_sweeps": str(sweeps),
                        "onnx_rmpe.rmpe_target_levels": str(target_levels)}.items():
         set_metadata(out, key, value)
+    set_metadata(out, "onnx_rmpe.rmpe_layers", json.dumps(  # per-layer figures, for inspect
+        [{k: round(v, 6) if isinstance(v, float) else v for k, v in vars(layer).items()}
+         for layer in result.layers]))
     result.snn, result.seconds = out, time.perf_counter() - start
     if output is not None:
         result.output_path = save_model(out, output)

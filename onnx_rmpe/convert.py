@@ -66,6 +66,7 @@ class ConversionResult:
     calibration: CalibrationResult | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    report: object | None = None  # ReportResult with report_dir (onnx_rmpe.report)
 
 
 def _check_options(T, levels, percentile, calib_samples, batch_size, threads, mode,
@@ -185,7 +186,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
             save_qcfs: str | os.PathLike | None = None,
             threads: int | None = None, device: Device = "cpu",
             providers: Sequence[str] | None = None, max_memory: int | None = None,
-            progress: bool = False) -> ConversionResult:
+            progress: bool = False,
+            report_dir: str | os.PathLike | None = None) -> ConversionResult:
     """Convert an ONNX ANN into a multi-step IF-neuron SNN, RMPE-calibrated for ``T``.
 
     ``calib`` (path, array, ``(x, y)`` or :class:`Dataset`; the first ``calib_samples``
@@ -203,6 +205,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     warning, and ``result.calibration.provider`` says which one ran. ``max_memory``
     (bytes; default half the available memory) bounds the calibration's batch size.
     Outputs that would overwrite an input or each other are refused before any work.
+    ``report_dir``: also run :func:`onnx_rmpe.report` of the multi-step SNN on the
+    calibration samples and write it there (``result.report``).
     """
     device = list(providers) if providers else device
     start = time.perf_counter()
@@ -220,6 +224,9 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     proto, source = read_model(model)
     refuse_snn(proto, source)
     refuse_non_float32(proto, source)
+    if report_dir is not None and calib is None:
+        raise OptionError("report_dir", "the report runs on the calibration data: give --calib")
+    original = proto
     if finetune_data is not None:
         from onnx_rmpe.finetune import finetune
 
@@ -246,11 +253,22 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     if data is not None:
         set_metadata(snn, "onnx_rmpe.calib_samples", str(len(data)))
     set_metadata(snn, "onnx_rmpe.thresholds", json.dumps(thresholds))
+    snn_report = None
+    if report_dir is not None:
+        from onnx_rmpe.report import report
+
+        snn_report = report(snn, data, qcfs=qcfs, ann=original, batch_size=batch_size,
+                            threads=threads, device=device, progress=progress)
     if mode == "streaming":
         snn = snn_to_streaming(snn)
-    result = ConversionResult(snn, qcfs, T, levels, thresholds, calibration=calibration)
+    result = ConversionResult(snn, qcfs, T, levels, thresholds, calibration=calibration,
+                              report=snn_report)
     written = save_models([(qcfs, save_qcfs, "save_qcfs"), (snn, output, "output")])
     result.qcfs_path, result.output_path = written
+    if snn_report is not None:
+        from onnx_rmpe.report import write_report
+
+        write_report(snn_report, report_dir)
     result.seconds = time.perf_counter() - start
     logger.info("converted %s: %d spiking layer(s), T=%d, L=%d in %.1fs", source,
                 len(thresholds), T, levels, result.seconds)

@@ -20,6 +20,8 @@ from onnx_rmpe.convert import build_qcfs, convert, qcfs_to_snn
 from onnx_rmpe.data import Dataset
 from onnx_rmpe.errors import MissingDependencyError, OptionError
 from onnx_rmpe.evaluate import evaluate
+from onnx_rmpe.report import ReportResult, report
+from onnx_rmpe.runtime.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ class DemoResult:
     plain: dict[int, float] = field(default_factory=dict)
     rmpe: dict[int, float] = field(default_factory=dict)
     snn_path: Path | None = None
+    report: ReportResult | None = None
     files: list[Path] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -56,7 +59,8 @@ def digits_split(seed: int = 0) -> tuple[Dataset, Dataset]:
     return Dataset(x[:1400], y[:1400], "digits-train"), Dataset(x[1400:], y[1400:], "digits-test")
 
 
-def train_digits_cnn(train: Dataset, *, epochs: int = 20, seed: int = 0) -> onnx.ModelProto:
+def train_digits_cnn(train: Dataset, *, epochs: int = 20, seed: int = 0,
+                     progress: bool = False) -> onnx.ModelProto:
     """Train a small VGG-like CNN (Conv-BN-ReLU, AvgPool) with torch and export it to ONNX."""
     torch = _need("torch", "torch")
     nn = torch.nn
@@ -69,12 +73,17 @@ def train_digits_cnn(train: Dataset, *, epochs: int = 20, seed: int = 0) -> onnx
     opt = torch.optim.Adam(net.parameters(), 3e-3)
     x, y = torch.tensor(train.x), torch.tensor(train.y)
     gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        net.train()
-        for idx in torch.randperm(len(x), generator=gen).split(64):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
-            opt.step()
+    with progress_bar(progress, "train") as bar:
+        task = bar.add_task("epochs (loss -)", total=epochs)
+        for epoch in range(epochs):
+            net.train()
+            for idx in torch.randperm(len(x), generator=gen).split(64):
+                opt.zero_grad()
+                loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
+                loss.backward()
+                opt.step()
+            bar.update(task, advance=1, description=f"epoch {epoch + 1}/{epochs} (loss "
+                                                    f"{loss.item():.3f})")
     net.eval()
     buf = io.BytesIO()
     with warnings.catch_warnings():
@@ -87,7 +96,8 @@ def train_digits_cnn(train: Dataset, *, epochs: int = 20, seed: int = 0) -> onnx
 
 def run_demo(out_dir: str | Path = "onnx-rmpe-demo", *, T: int = 4, levels: int = 8,
              epochs: int = 20, seed: int = 0, progress: bool = False) -> DemoResult:
-    """Train, export, convert and evaluate; writes the models and data to ``out_dir``."""
+    """Train, export, convert, evaluate and report; writes models, data and the report
+    (``out_dir/report``: JSON and, with matplotlib, PNGs) to ``out_dir``."""
     start = time.perf_counter()
     validate.time_steps("T", T)
     validate.integer("levels", levels, minimum=1)
@@ -98,7 +108,7 @@ def run_demo(out_dir: str | Path = "onnx-rmpe-demo", *, T: int = 4, levels: int 
         raise OptionError("out_dir", f"'{out}' exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     train, test = digits_split(seed)
-    ann = train_digits_cnn(train, epochs=epochs, seed=seed)
+    ann = train_digits_cnn(train, epochs=epochs, seed=seed, progress=progress)
     ann_path = out / "digits_cnn.onnx"
     onnx.save(ann, str(ann_path))
     np.savez(out / "train.npz", x=train.x, y=train.y)  # for `onnx-rmpe finetune`
@@ -110,13 +120,19 @@ def run_demo(out_dir: str | Path = "onnx-rmpe-demo", *, T: int = 4, levels: int 
     result.qcfs_accuracy = evaluate(qcfs, test).accuracy
     plain = evaluate(qcfs_to_snn(qcfs, T=max(DEMO_STEPS)), test, steps=list(DEMO_STEPS))
     result.plain = dict(zip(plain.steps, plain.accuracy_per_step))
-    for steps in DEMO_STEPS:
-        snn = convert(ann, T=steps, calib=calib, levels=levels, progress=progress).snn
-        result.rmpe[steps] = evaluate(snn, test).accuracy
+    with progress_bar(progress, "convert") as bar:
+        task = bar.add_task("with RMPE", total=len(DEMO_STEPS))
+        for steps in DEMO_STEPS:
+            bar.update(task, description=f"with RMPE, T={steps}")
+            snn = convert(ann, T=steps, calib=calib, levels=levels).snn
+            result.rmpe[steps] = evaluate(snn, test).accuracy
+            bar.advance(task)
     snn_path = out / "digits_cnn.snn.onnx"
-    convert(ann_path, T=T, calib=calib, levels=levels, output=snn_path,
-            save_qcfs=out / "digits_cnn.qcfs.onnx")
+    converted = convert(ann_path, T=T, calib=calib, levels=levels, output=snn_path,
+                        save_qcfs=out / "digits_cnn.qcfs.onnx")
     result.snn_path = snn_path
+    result.report = report(snn_path, test, qcfs=converted.qcfs, ann=ann,
+                           out_dir=out / "report", progress=progress)
     result.files = sorted(out.iterdir())
     result.seconds = time.perf_counter() - start
     return result

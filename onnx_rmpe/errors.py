@@ -98,3 +98,12 @@ class PassError(ConversionError):
         ran = ", ".join(before) if before else "none"
         super().__init__(f"pass '{pass_name}' failed (passes run before it: {ran}): {cause}")
         self.pass_name = pass_name
+
+
+class ReportError(ConversionError):
+    """The report cannot count the cost of a node (an op between layers it cannot follow)."""
+
+    def __init__(self, node: str, op: str, reason: str, fix: str) -> None:
+        super().__init__(f"report: node '{node}' ({op}): {reason}; {fix}")
+        self.node = node
+

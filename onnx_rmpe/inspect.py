@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -26,6 +28,8 @@ from onnx_rmpe.passes.relu_to_qcfs import activation_sites, qcfs_nodes
 from onnx_rmpe.passes.rmpe import if_nodes
 from onnx_rmpe.passes.support import find_blockers
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class ModelInfo:
@@ -40,6 +44,8 @@ class ModelInfo:
     layers: list[dict] = field(default_factory=list)
     blockers: list[str] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
+    macs: int | None = None
+    calibration: list[dict] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return dict(vars(self))
@@ -62,6 +68,8 @@ def inspect_model(model: str | os.PathLike | onnx.ModelProto) -> ModelInfo:
     info = ModelInfo(path, kind, default_opset(proto), proto.ir_version,
                      _value_infos(i for i in proto.graph.input if i.name not in inits),
                      _value_infos(proto.graph.output), metadata=get_metadata(proto))
+    info.macs = _macs(proto, info.inputs)
+    info.calibration = json.loads(info.metadata.get("onnx_rmpe.rmpe_layers", "[]"))
     if kind == "snn":
         info.layers = _snn_layers(proto)
         return info
@@ -96,3 +104,17 @@ def _snn_layers(proto: onnx.ModelProto) -> list[dict]:
             "mean_abs_v_init": float(np.abs(v_init).mean()) if v_init is not None else None,
         })
     return layers
+
+
+def _macs(proto: onnx.ModelProto, inputs: list[tuple[str, list]]) -> int | None:
+    """Dense MACs per sample of the linear layers (one onnxruntime run on zeros)."""
+    dims = inputs[0][1][1:] if inputs else []
+    if not inputs or not all(isinstance(d, int) and d > 0 for d in dims):
+        return None
+    try:
+        from onnx_rmpe.runtime.synops import model_macs
+
+        return sum(model_macs(proto, np.zeros([1, *dims], np.float32)).values())
+    except Exception as exc:  # noqa: BLE001 - inspect describes; a model ORT cannot run has none
+        logger.info("no MAC count for this model: %s", exc)
+        return None
