@@ -117,7 +117,6 @@ def export_nir(model: str | os.PathLike | onnx.ModelProto,
             **{k: v for k, v in get_metadata(proto).items() if k.startswith("onnx_rmpe.")}}
     graph = nir.NIRGraph(nodes=parts.nodes, edges=parts.edges, metadata=meta)
     _write(nir, graph, Path(output))
-    nir.read(str(output))  # reads back, or raises
     logger.info("wrote NIR %s: %d nodes, %d edges, %d IF layer(s)", output, len(parts.nodes),
                 len(parts.edges), len(parts.neurons))
     return NirExportResult(str(output), T, {k: type(v).__name__ for k, v in parts.nodes.items()},
@@ -129,6 +128,7 @@ def _write(nir, graph, path: Path) -> None:
     os.close(fd)
     try:
         nir.write(tmp, graph)
+        nir.read(tmp)  # the file must read back (structure and types) before it is kept
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -138,6 +138,8 @@ def _write(nir, graph, path: Path) -> None:
 def describe_nir(path: str | os.PathLike) -> NirInfo:
     """Nodes, edges and metadata of the NIR file ``path``."""
     nir = _nir()
+    if not Path(path).is_file():
+        raise ModelLoadError(str(path), "no such file")
     try:
         graph = nir.read(str(path))
     except Exception as exc:  # noqa: BLE001 - h5py raises many types

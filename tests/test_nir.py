@@ -262,3 +262,26 @@ def test_refuses_ops_nir_cannot_express(digits_data, tmp_path):
         export_nir(snn_model, out)
     assert len(err.value.nodes) >= 1 and not out.exists()
     assert not list(tmp_path.iterdir())
+
+
+def test_cli_export_nir_and_inspect(snn, tmp_path):
+    from click.testing import CliRunner
+
+    from onnx_rmpe.cli.main import cli
+    name, model, _, _ = snn
+    src = tmp_path / f"{name}.snn.onnx"
+    onnx.save(model, str(src))
+    runner = CliRunner()
+    r = runner.invoke(cli, ["export-nir", str(src)])
+    assert r.exit_code == 0, r.output
+    n_if = sum(n.op_type == "IFNeuron" for n in model.graph.node)
+    assert f"{n_if} IF layer(s), T={T}" in r.output and "PASSED" in r.output
+    written = tmp_path / f"{name}.snn.nir"
+    assert written.is_file()
+    r = runner.invoke(cli, ["inspect", str(written)])
+    assert r.exit_code == 0, r.output
+    graph = nir.read(str(written))
+    assert f"{len(graph.nodes)} nodes, {len(graph.edges)} edges" in r.output
+    assert "(IF)" in r.output and "input -> " in r.output
+    r = runner.invoke(cli, ["export-nir", str(tmp_path / "missing.onnx")])
+    assert r.exit_code == 1 and "error:" in r.output and "Traceback" not in r.output
