@@ -26,6 +26,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnx_rmpe.errors import ConversionError, OffendingNode
+from onnx_rmpe.nir_input import FoldError, InputAffine, PaddedShift
 from onnx_rmpe.passes.base import const_value
 from onnx_rmpe.runtime.neurons import DEFAULT_PHI, DOMAIN, IF_OP
 
@@ -49,6 +50,8 @@ class NirExportError(ConversionError):
 
 
 _FIXES = {
+    "Sub": "normalize the data before the model (a shift before a zero-padded Conv cannot be "
+           "folded into it)",
     "MaxPool": "NIR has no (cumulative) max pool: train or convert with AvgPool "
                "(finetune --maxpool-to-avgpool), or keep the model in onnxruntime",
     "GlobalMaxPool": "use GlobalAveragePool, or keep the model in onnxruntime",
@@ -101,6 +104,7 @@ def walk(graph: gs.Graph, shapes: dict[str, tuple], T: int) -> NirParts:
     skip = _downstream(graph, outputs)
     bad: list[OffendingNode] = []
     builder = _Builder(parts, sums, shapes)
+    builder.affine[data.name] = InputAffine.identity(shapes[data.name])
     for node in graph.toposort().nodes:
         if node.name in skip or node.op == "Shape":
             continue  # readout plumbing (time split, running mean), shape arithmetic
@@ -108,7 +112,7 @@ def walk(graph: gs.Graph, shapes: dict[str, tuple], T: int) -> NirParts:
             continue
         try:
             builder.node(node)
-        except _Refused as exc:
+        except (_Refused, FoldError) as exc:
             bad.append(OffendingNode(node.name, node.op, node.domain, str(exc),
                                      _FIXES.get(node.op, "keep the model in onnxruntime")))
     for name in outputs:
@@ -162,9 +166,24 @@ class _Builder:
 
     def __init__(self, parts: NirParts, sums: dict[str, Sum], shapes: dict) -> None:
         self.parts, self.sums, self.shapes = parts, sums, shapes
+        self.affine: dict[str, InputAffine] = {}  # tensors that are x * s + h of the input
 
     def node(self, node: gs.Node) -> None:
         out = node.outputs[0].name
+        src = next((t for t in node.inputs if t.name in self.affine), None)
+        if src is not None and node.op in ("Add", "Sub", "Mul", "Div"):
+            const = next((t for t in node.inputs if t is not src), None)
+            if const is None or const_value(const) is None:
+                raise _Refused("the input normalization needs constant operands")
+            self.affine[out] = self.affine[src.name].then(node.op, const_value(const),
+                                                          node.inputs[0] is src)
+            self.sums[out] = self.sums[src.name]
+            return
+        if src is not None and node.op not in ("Conv", "Gemm", "MatMul", "Flatten", "Reshape",
+                                               "Identity", "Dropout", "Concat"):
+            raise _Refused("the input (after its normalization) must reach a Conv or Gemm first")
+        if src is not None and node.op in ("Identity", "Dropout", "Concat"):
+            self.affine[out] = self.affine[src.name]
         if node.domain == DOMAIN and node.op == IF_OP:
             self.sums[out] = self._if(node)
         elif node.op == "Concat" and len({t.name for t in node.inputs}) == 1:
@@ -215,6 +234,18 @@ class _Builder:
         self.parts.edges.append((src, name))
         return name
 
+    def _normalize_layer(self, fold: InputAffine, src: str) -> str:
+        """The input normalization as its own 1x1 Conv2d (see :mod:`onnx_rmpe.nir_input`)."""
+        import nir
+
+        shape = self.shape(src)
+        w, b = fold.pointwise()
+        name = self.parts.add(f"{self.sums[src][0][0]}.normalize",
+                              nir.Conv2d(input_shape=shape[1:], weight=w, stride=1, padding=0,
+                                         dilation=1, groups=1, bias=b), shape)
+        self._connect(self.sums[src], name)
+        return name
+
     def _connect(self, terms: Sum, dst: str) -> None:
         self.parts.edges += [(src, dst) for src, _ in terms]
 
@@ -257,6 +288,13 @@ class _Builder:
             if w.shape[2] != w.shape[3]:  # NIR 1.0's shape inference assumes square kernels
                 raise _Refused(f"a non-square kernel {list(w.shape[2:])} has no valid NIR type")
             w = _ungroup(w, int(a.get("group", 1)))
+            bias = np.zeros(w.shape[0], np.float32) if b is None else b.astype(np.float32)
+            fold = self.affine.get(node.inputs[0].name)
+            if fold is not None:
+                try:
+                    w, bias = fold.fold_conv(w, bias, pads)
+                except PaddedShift:
+                    terms = [(self._normalize_layer(fold, node.inputs[0].name), 1.0)]
             nir_node = nir.Conv2d(
                 input_shape=self.shape(node.inputs[0].name)[1:],
                 weight=(w * np.float32(c)).astype(np.float32),
@@ -275,6 +313,9 @@ class _Builder:
             out_f = w.shape[0]
             bias = np.zeros(out_f, np.float32) if b is None else \
                 np.broadcast_to(b, (out_f,)).astype(np.float32)
+            fold = self.affine.get(node.inputs[0].name)
+            if fold is not None:
+                w, bias = fold.fold_affine(w, bias)
             nir_node = nir.Affine(weight=(w * np.float32(c)).astype(np.float32), bias=bias)
         self.parts.add(name, nir_node, self.shape(node.outputs[0].name))
         self._connect(terms, name)
@@ -308,6 +349,8 @@ class _Builder:
         if len(shape_out) != 1:
             raise _Refused(f"only a flatten to [N, features] is supported, got {shape_out}")
         terms = self.sums[node.inputs[0].name]
+        if node.inputs[0].name in self.affine:
+            self.affine[node.outputs[0].name] = self.affine[node.inputs[0].name].flattened()
         if len(shape_in) == 1:
             return terms
         terms, c = self.common(terms)

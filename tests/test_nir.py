@@ -26,7 +26,7 @@ def _res_net():
     from torch import nn
 
     class Res(nn.Module):
-        """Conv-BN-ReLU, a residual block (identity shortcut), AvgPool, MLP head."""
+        """Normalization, Conv-BN-ReLU, a residual block (identity shortcut), AvgPool, MLP."""
 
         def __init__(self) -> None:
             super().__init__()
@@ -36,14 +36,25 @@ def _res_net():
                                       nn.ReLU(), nn.Linear(32, 10))
 
         def forward(self, x):
-            h = self.c0(x)
+            h = self.c0((x - 0.3) / 0.4)  # kept as a 1x1 Conv (a padded Conv follows)
             return self.head(torch.relu(self.c1(h) + h))
     return Res()
 
 
 def _mlp():
     from torch import nn
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+    class Mlp(nn.Module):
+        """Normalization (folded into the first Affine), two Linear layers."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(),
+                                      nn.Linear(32, 10))
+
+        def forward(self, x):
+            return self.body(x * 2.5 - 0.75)
+    return Mlp()
 
 
 @pytest.fixture(scope="module", params=["cnn", "mlp"])
@@ -285,3 +296,38 @@ def test_cli_export_nir_and_inspect(snn, tmp_path):
     assert "(IF)" in r.output and "input -> " in r.output
     r = runner.invoke(cli, ["export-nir", str(tmp_path / "missing.onnx")])
     assert r.exit_code == 1 and "error:" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("pads", [0, 1])
+def test_input_normalization_folds_into_the_first_layer(rng, pads):
+    """Conv((x - m) / s) equals the folded Conv on x (no padding) or is kept (padding)."""
+    from onnx_rmpe.nir_input import InputAffine, PaddedShift
+    x = rng.normal(size=(3, 2, 6, 6))
+    w = rng.normal(size=(4, 2, 3, 3)).astype(np.float32)
+    b = rng.normal(size=4).astype(np.float32)
+    mean = np.array([0.2, -0.4]).reshape(1, 2, 1, 1)
+    std = np.array([0.5, 2.0]).reshape(1, 2, 1, 1)
+    fold = InputAffine.identity((2, 6, 6)).then("Sub", mean, True).then("Div", std, True)
+
+    def conv(inp, weight, bias):
+        import torch
+        return torch.nn.functional.conv2d(torch.tensor(inp), torch.tensor(weight, dtype=torch.
+                                          float64), torch.tensor(bias, dtype=torch.float64),
+                                          padding=pads).numpy()
+    want = conv((x - mean) / std, w.astype(np.float64), b.astype(np.float64))
+    if pads:
+        with pytest.raises(PaddedShift):
+            fold.fold_conv(w, b, [pads] * 4)
+        pw, pb = fold.pointwise()  # the normalization as a 1x1 layer instead
+        z = np.einsum("oc,nchw->nohw", pw[:, :, 0, 0], x) + pb.reshape(1, -1, 1, 1)
+        np.testing.assert_allclose(conv(z, w.astype(np.float64), b.astype(np.float64)), want,
+                                   atol=1e-5)
+    else:
+        w2, b2 = fold.fold_conv(w, b, [0] * 4)
+        np.testing.assert_allclose(conv(x, w2.astype(np.float64), b2.astype(np.float64)), want,
+                                   atol=1e-4)
+    flat = InputAffine.identity((2, 6, 6)).then("Mul", np.float32(2.5), True).flattened()
+    wf = rng.normal(size=(4, 72)).astype(np.float32)
+    wa, ba = flat.fold_affine(wf, b)
+    np.testing.assert_allclose(wa @ x.reshape(3, -1).T + ba[:, None],
+                               wf @ (2.5 * x.reshape(3, -1)).T + b[:, None], atol=1e-4)
