@@ -16,9 +16,11 @@ bias) and threshold ``2T``:
   every step ``t = 2..T`` whether the importer resets by subtraction (``m(t) = 4T - t``)
   or to the reset potential (``m(t) = 4T - 3``).
 
-``p = s_A - s_B`` (``B`` through a weight ``-1``) is exact; no potential ever ties with a
-threshold, exceeds twice it or goes negative, so strict or non-strict thresholds,
-multi-spike and lower bounds in importers do not change it. Each IF layer receives ``p``
+An importer that ignores ``v_reset`` *and* resets to zero (Norse 1.1.0) gets ``B`` firing
+at every other step: such an importer cannot run this SNN anyway (it needs reset by
+subtraction). ``p = s_A - s_B`` (``B`` through a weight ``-1``) is exact; no potential
+ever ties with a threshold, exceeds twice it or goes negative, so strict or non-strict
+thresholds, multi-spike and lower bounds in importers do not change it. Each IF layer receives ``p``
 through a layer whose weights are ``v0``: ``Affine(v0[:, None])`` for a flat layer, or for
 a ``[C, H, W]`` layer a ``Conv2d`` of the ``[1, 1, 1]`` pulse with kernel ``v0`` flipped and
 padding ``(H - 1, W - 1)`` (each output is one product ``p * v0``, so it is exact too).
