@@ -102,7 +102,10 @@ def walk(graph: gs.Graph, shapes: dict[str, tuple], T: int) -> NirParts:
     sums: dict[str, Sum] = {data.name: [("input", 1.0)]}
     outputs = readout_sources(graph)
     skip = _downstream(graph, outputs)
-    bad: list[OffendingNode] = []
+    bad = [OffendingNode(n.name, n.op, n.domain, "NIR has no softmax (the output is the "
+                         "readout layer's value per step)", _FIXES[n.op])
+           for n in graph.nodes if n.name in skip and n.op in ("Softmax", "LogSoftmax")
+           and not n.outputs[0].name.endswith("_per_step")]  # its per-step twin is generated
     builder = _Builder(parts, sums, shapes)
     builder.affine[data.name] = InputAffine.identity(shapes[data.name])
     for node in graph.toposort().nodes:

@@ -331,3 +331,21 @@ def test_input_normalization_folds_into_the_first_layer(rng, pads):
     wa, ba = flat.fold_affine(wf, b)
     np.testing.assert_allclose(wa @ x.reshape(3, -1).T + ba[:, None],
                                wf @ (2.5 * x.reshape(3, -1)).T + b[:, None], atol=1e-4)
+
+
+def test_refuses_a_softmax_readout(digits_data, tmp_path):
+    """A Softmax after the logits (applied by the SNN to the averages) is refused."""
+    from torch import nn
+
+    import onnx_rmpe
+    from tests.helpers import export_torch, train
+    (xtr, ytr), (xte, _) = digits_data
+    net = train(nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)),
+                xtr, ytr, epochs=1)
+    with_softmax = nn.Sequential(net, nn.Softmax(dim=1)).eval()
+    snn_model = onnx_rmpe.convert(export_torch(with_softmax, xte), T=2, calib=xtr[:64],
+                                  rmpe=False).snn
+    with pytest.raises(NirExportError, match="Softmax") as err:
+        export_nir(snn_model, tmp_path / "m.nir")
+    assert [n.op_type for n in err.value.nodes] == ["Softmax"]
+    assert not list(tmp_path.iterdir())
