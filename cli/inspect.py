@@ -13,10 +13,14 @@ from onnx_rmpe.cli.options import guard_outputs, json_option, model_argument, wr
 @model_argument
 @json_option
 def inspect_cmd(model: Path, json_path: Path | None) -> None:
-    """Describe MODEL: ANN, QCFS or SNN, inputs, outputs, neurons, blockers."""
+    """Describe MODEL: ANN, QCFS or SNN, inputs, outputs, neurons, blockers; or a .nir file."""
     from onnx_rmpe.inspect import inspect_model
 
     guard_outputs({"json_path": json_path}, {"model": model})
+    if model.suffix.lower() == ".nir":
+        _inspect_nir(model, json_path)
+        return
+
     info = inspect_model(model)
     click.echo(f"{info.path}: {info.kind.upper()}, opset {info.opset}, IR {info.ir_version}")
     for name, dims in info.inputs:
@@ -50,4 +54,23 @@ def inspect_cmd(model: Path, json_path: Path | None) -> None:
             click.echo(f"    {blocker}")
     elif info.kind == "ann":
         click.echo("  convertible: yes")
+    write_json(json_path, info.as_dict())
+
+
+def _inspect_nir(path: Path, json_path: Path | None) -> None:
+    from onnx_rmpe.nir import describe_nir
+
+    info = describe_nir(path)
+    click.echo(f"{info.path}: NIR graph (nir {info.version}), {len(info.nodes)} nodes, "
+               f"{len(info.edges)} edges")
+    meta = info.metadata
+    if meta:
+        click.echo("  " + ", ".join(f"{k}={meta[k]}" for k in ("T", "reset", "readout")
+                                    if k in meta))
+    click.echo("  nodes:")
+    for name, kind, shape in info.nodes:
+        click.echo(f"    {name} ({kind}) {shape}")
+    click.echo("  edges:")
+    for src, dst in info.edges:
+        click.echo(f"    {src} -> {dst}")
     write_json(json_path, info.as_dict())

@@ -15,10 +15,12 @@ from onnx_rmpe.convert import ConversionResult, convert  # noqa: E402
 from onnx_rmpe.errors import ConversionError, UnsupportedOpError  # noqa: E402
 from onnx_rmpe.evaluate import EvaluationResult, evaluate  # noqa: E402
 from onnx_rmpe.inspect import ModelInfo, inspect_model  # noqa: E402
+from onnx_rmpe.nir import NirExportResult, export_nir  # noqa: E402
 from onnx_rmpe.report import ReportResult, report  # noqa: E402
 
 __all__ = [
     "CalibrationResult", "ConversionError", "ConversionResult", "EvaluationResult", "ModelInfo",
     "UnsupportedOpError", "calibrate", "convert", "evaluate", "inspect_model", "__version__",
     "ReportResult", "report",
+    "NirExportResult", "export_nir",
 ]
