@@ -29,9 +29,15 @@ from onnx_rmpe.cli.report import print_calibration
               show_default=True, help="One initial potential per neuron or per channel.")
 @click.option("--rmpe-sweeps", default=1, show_default=True, type=int,
               help="Front-to-back calibration sweeps.")
-@click.option("--mode", type=click.Choice(["multistep", "streaming"]), default="multistep",
-              show_default=True, help="All T steps per call, or one step per call with the "
-                                      "membrane potentials as state inputs/outputs.")
+@click.option("--mode", type=click.Choice(["multistep", "streaming", "chunked"]),
+              default="multistep", show_default=True,
+              help="All T steps per call; one step per call with the membrane potentials as "
+                   "state inputs/outputs; or --chunk K steps per call with the state carried.")
+@click.option("--chunk", type=int, default=None,
+              help="Steps per call of --mode chunked (must divide T).")
+@click.option("--memory-budget", "memory_budget", type=float, default=None,
+              help="MiB for the activations at --batch-size: --mode chunked picks the "
+                   "largest chunk that fits.")
 @click.option("--finetune-data", type=click.Path(dir_okay=False, path_type=Path),
               help="Labelled training data (.npz with x, y): run QCFS fine-tuning first "
                    "(stage 1, needs onnx-rmpe[torch]).")
@@ -46,7 +52,8 @@ from onnx_rmpe.cli.report import print_calibration
 @json_option
 def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, levels: int,
                 percentile: float, calib_samples: int, rmpe: bool, rmpe_granularity: str,
-                rmpe_sweeps: int, mode: str, finetune_data: Path | None, epochs: int,
+                rmpe_sweeps: int, mode: str, chunk: int | None, memory_budget: float | None,
+                finetune_data: Path | None, epochs: int,
                 lr: float, seed: int, save_qcfs: Path | None, batch_size: int,
                 threads: int | None, device: str, json_path: Path | None) -> None:
     """Convert MODEL (an ONNX ReLU or QCFS network) into an IF-neuron SNN for T steps."""
@@ -56,7 +63,8 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
     result = convert(model, T=T, calib=calib, output=output, levels=levels,
                      percentile=percentile, calib_samples=calib_samples, batch_size=batch_size,
                      rmpe=rmpe, rmpe_granularity=rmpe_granularity, rmpe_sweeps=rmpe_sweeps,
-                     mode=mode, finetune_data=finetune_data, epochs=epochs, finetune_lr=lr,
+                     mode=mode, chunk=chunk, memory_budget_mb=memory_budget,
+                     finetune_data=finetune_data, epochs=epochs, finetune_lr=lr,
                      seed=seed, save_qcfs=save_qcfs, threads=threads, device=device, progress=True)
     click.echo(f"converted {model}: {len(result.thresholds)} spiking layer(s), T={T}, "
                f"L={result.levels}, RMPE {'on' if result.calibration else 'off'}, {mode}")

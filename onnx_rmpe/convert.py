@@ -43,7 +43,7 @@ from onnx_rmpe.runtime.streaming import snn_to_streaming
 
 logger = logging.getLogger(__name__)
 
-MODES = ("multistep", "streaming")
+MODES = ("multistep", "streaming", "chunked")
 
 
 @dataclass
@@ -133,9 +133,14 @@ def _usable(value: float, site) -> float:
     return fallback
 
 
-def qcfs_to_snn(qcfs: onnx.ModelProto, *, T: int, phi: float = DEFAULT_PHI) -> onnx.ModelProto:
-    """The multi-step SNN of a QCFS model (uncalibrated: ``v_init = 0``)."""
-    graph = run_passes(to_graph(qcfs), [("qcfs_to_if", lambda g: qcfs_to_if(g, T=T, phi=phi))])
+def qcfs_to_snn(qcfs: onnx.ModelProto, *, T: int, phi: float = DEFAULT_PHI,
+                form: str | None = None) -> onnx.ModelProto:
+    """The multi-step SNN of a QCFS model (uncalibrated: ``v_init = 0``).
+
+    ``form``: the IF body (``unrolled``/``scan``; default by T), same spikes either way.
+    """
+    graph = run_passes(to_graph(qcfs), [
+        ("qcfs_to_if", lambda g: qcfs_to_if(g, T=T, phi=phi, form=form))])
     meta = get_metadata(qcfs)
     meta.update({"onnx_rmpe.kind": "snn", "onnx_rmpe.T": str(T), "onnx_rmpe.phi": str(phi),
                  "onnx_rmpe.rmpe": "none"})
@@ -146,7 +151,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
             output: str | os.PathLike | None = None, levels: int = 8, percentile: float = 99.9,
             calib_samples: int | None = 512, batch_size: int = 128, rmpe: bool = True,
             rmpe_granularity: str = "neuron", rmpe_sweeps: int = 1,
-            mode: str = "multistep", finetune_data=None, epochs: int = 3,
+            mode: str = "multistep", chunk: int | None = None,
+            memory_budget_mb: float | None = None, finetune_data=None, epochs: int = 3,
             finetune_lr: float = 1e-3, seed: int = 0,
             save_qcfs: str | os.PathLike | None = None,
             threads: int | None = None, device: Device = "cpu",
@@ -158,7 +164,10 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     are used) gives the QCFS thresholds of ReLU layers and the RMPE calibration; a model
     that is already QCFS needs it only for RMPE (``rmpe=False`` skips it). ``mode`` is
     ``multistep`` (all T steps in one call) or ``streaming`` (one step per call, membrane
-    potentials as state inputs/outputs; see :mod:`onnx_rmpe.runtime.streaming`).
+    potentials as state inputs/outputs; see :mod:`onnx_rmpe.runtime.streaming`) or
+    ``chunked`` (``chunk`` steps per call with the state carried, see
+    :mod:`onnx_rmpe.chunked`; without ``chunk``, the largest divisor of T whose activations
+    at batch ``batch_size`` fit ``memory_budget_mb``).
     ``finetune_data`` (labelled) runs stage 1 first: QCFS fine-tuning for ``epochs`` epochs
     (:func:`onnx_rmpe.finetune.finetune`, needs torch); its first ``calib_samples`` inputs
     calibrate RMPE when ``calib`` is not given. ``output`` (if
@@ -207,6 +216,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     set_metadata(snn, "onnx_rmpe.thresholds", json.dumps(thresholds))
     if mode == "streaming":
         snn = snn_to_streaming(snn)
+    elif mode == "chunked":
+        snn = _chunked(qcfs, snn, T, chunk, memory_budget_mb, batch_size)
     result = ConversionResult(snn, qcfs, T, levels, thresholds, calibration=calibration)
     if save_qcfs is not None:
         result.qcfs_path = save_model(qcfs, save_qcfs)
@@ -216,6 +227,18 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     logger.info("converted %s: %d spiking layer(s), T=%d, L=%d in %.1fs", source,
                 len(thresholds), T, levels, result.seconds)
     return result
+
+
+def _chunked(qcfs: onnx.ModelProto, snn: onnx.ModelProto, T: int, chunk: int | None,
+             budget_mb: float | None, batch_size: int) -> onnx.ModelProto:
+    from onnx_rmpe.chunked import chunk_for_budget, snn_to_chunked
+
+    if chunk is None:
+        if budget_mb is None:
+            raise OptionError("--chunk", "the chunked mode needs --chunk K (steps per call) "
+                                         "or --memory-budget MB")
+        chunk = chunk_for_budget(qcfs, T=T, batch=batch_size, budget_mb=budget_mb)
+    return snn_to_chunked(qcfs, snn, chunk=chunk)
 
 
 __all__ = ["ConversionResult", "build_qcfs", "convert", "qcfs_to_snn"]

@@ -12,7 +12,14 @@ import onnx
 
 from onnx_rmpe.data import check_fits, load_data
 from onnx_rmpe.errors import ConversionError, OptionError
-from onnx_rmpe.modelio import get_metadata, is_qcfs, is_snn, is_streaming, load_model
+from onnx_rmpe.modelio import (
+    get_metadata,
+    is_chunked,
+    is_qcfs,
+    is_snn,
+    is_streaming,
+    load_model,
+)
 from onnx_rmpe.passes.qcfs_to_if import PER_STEP_SUFFIX
 from onnx_rmpe.runtime.metrics import AccuracyCounter
 from onnx_rmpe.runtime.progress import progress_bar
@@ -77,6 +84,8 @@ def evaluate(model: str | os.PathLike | onnx.ModelProto, data, *,
 def _kind(proto: onnx.ModelProto) -> str:
     if is_streaming(proto):
         return "snn-streaming"
+    if is_chunked(proto):
+        return "snn-chunked"
     if is_snn(proto):
         return "snn"
     return "qcfs" if is_qcfs(proto) else "ann"
@@ -85,7 +94,7 @@ def _kind(proto: onnx.ModelProto) -> str:
 def _predictor(proto: onnx.ModelProto, kind: str, *, threads: int | None, device: str):
     """A function from a batch of inputs to logits (``[T, N, K]`` for an SNN), and the
     provider that runs it."""
-    if kind == "snn-streaming":
+    if kind in ("snn-streaming", "snn-chunked"):
         from onnx_rmpe.runtime.streaming import StreamingRunner
 
         T = int(get_metadata(proto).get("onnx_rmpe.T", 0))

@@ -12,6 +12,7 @@ from onnx_rmpe.errors import ConversionError
 from onnx_rmpe.modelio import (
     default_opset,
     get_metadata,
+    is_chunked,
     is_qcfs,
     is_snn,
     is_streaming,
@@ -62,13 +63,15 @@ def inspect_model(model: str | os.PathLike | onnx.ModelProto) -> ModelInfo:
     kind = "snn" if is_snn(proto) else ("qcfs" if is_qcfs(proto) else "ann")
     if is_streaming(proto):
         kind = "snn-streaming"
+    if is_chunked(proto):
+        kind = "snn-chunked"
     info = ModelInfo(path, kind, default_opset(proto), proto.ir_version,
                      _value_infos(i for i in proto.graph.input if i.name not in inits),
                      _value_infos(proto.graph.output), metadata=get_metadata(proto))
     if kind == "snn":
         info.layers = _snn_layers(proto)
         return info
-    if kind == "snn-streaming":
+    if kind in ("snn-streaming", "snn-chunked"):
         info.layers = [{"node": name, "op": "state", "shape": dims}
                        for name, dims in _value_infos(i for i in proto.graph.input
                                                       if i.name in inits)]

@@ -221,5 +221,10 @@ def is_streaming(model: onnx.ModelProto) -> bool:
     return get_metadata(model).get("onnx_rmpe.kind") == "snn-streaming"
 
 
+def is_chunked(model: onnx.ModelProto) -> bool:
+    """A chunked SNN (k steps per call, state carried between calls)."""
+    return get_metadata(model).get("onnx_rmpe.kind") == "snn-chunked"
+
+
 def is_qcfs(model: onnx.ModelProto) -> bool:
     return uses_op(model, QCFS_OP) and not is_snn(model)

@@ -47,10 +47,10 @@ def snn_to_streaming(snn: onnx.ModelProto) -> onnx.ModelProto:
     meta = get_metadata(snn)
     meta["onnx_rmpe.kind"] = "snn-streaming"
     model = to_model(graph, opset=default_opset(snn), metadata=meta)
-    return _batch_state_shapes(model)
+    return batch_state_shapes(model)
 
 
-def _batch_state_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+def batch_state_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Declare every state ``[N, ...]`` (the shape of its ``_next``) with a ``[1, ...]`` default."""
     shapes = _value_shapes(infer_shapes(onnx.ModelProto.FromString(model.SerializeToString())))
     inits = {i.name: i for i in model.graph.initializer}
@@ -101,11 +101,12 @@ def initial_states(model: onnx.ModelProto, batch: int) -> dict[str, np.ndarray]:
 
 
 class StreamingRunner:
-    """Steps a streaming model in onnxruntime, carrying the state between calls.
+    """Steps a streaming (or chunked) model in onnxruntime, carrying the state between calls.
 
     ``step(x)`` feeds the input of one time step (the same image every step for a static
     input) and returns the model's first output after that step (the running mean of the
-    logits); ``outputs`` holds all outputs of the last step by name.
+    logits); ``outputs`` holds all outputs of the last step by name. A chunked model
+    (metadata ``onnx_rmpe.chunk`` = k) runs k steps per ``step`` call.
     """
 
     def __init__(self, model: onnx.ModelProto, *, device: Device = "cpu",
@@ -120,6 +121,7 @@ class StreamingRunner:
         self.outputs: dict[str, np.ndarray] = {}
         self.states: dict[str, np.ndarray] = {}
         self.batch, self.t = -1, 0
+        self.chunk = int(get_metadata(model).get("onnx_rmpe.chunk", 1))
         if len(self.data_inputs) != 1:
             raise OptionError("model", f"StreamingRunner needs one data input, the model has "
                                        f"{self.data_inputs}")
@@ -140,7 +142,7 @@ class StreamingRunner:
         values = self.session.run(self.output_names, feed)
         self.outputs = dict(zip(self.output_names, values))
         self.states = {n: self.outputs[f"{n}{NEXT_SUFFIX}"] for n in self.state_names}
-        self.t += 1
+        self.t += self.chunk
         return values[0]
 
     def run(self, x: np.ndarray, T: int, *, output: str | None = None) -> np.ndarray:
@@ -152,11 +154,25 @@ class StreamingRunner:
         per_step = x.ndim == rank + 1
         self.reset(x.shape[1] if per_step else x.shape[0])
         name = output or self.output_names[0]
+        if self.chunk > 1:
+            return self._run_chunks(x, T, name, per_step)
         out = []
         for t in range(T):
             self.step(x[t] if per_step else x)
             out.append(self.outputs[name])
         return np.stack(out)
 
+    def _run_chunks(self, x: np.ndarray, T: int, name: str, per_step: bool) -> np.ndarray:
+        if per_step or T % self.chunk:
+            raise OptionError("T", f"a chunked model runs {self.chunk} steps per call on a "
+                                   f"static input: T must be a multiple of it (got {T}) and "
+                                   "x one input for all steps")
+        out = []
+        for _ in range(T // self.chunk):
+            self.step(x)
+            out.append(self.outputs[f"{name}_per_step"])
+        return np.concatenate(out)
 
-__all__ = ["STEP_SUFFIX", "StreamingRunner", "initial_states", "snn_to_streaming"]
+
+__all__ = ["STEP_SUFFIX", "StreamingRunner", "batch_state_shapes", "initial_states",
+           "snn_to_streaming"]

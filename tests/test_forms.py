@@ -1,0 +1,162 @@
+"""Every SNN form against the multi-step Scan model: same spikes, same outputs, bit for bit.
+
+Forms: the IF body (``unrolled``: Split / elementwise / Concat; ``scan``), the chunked
+model (k steps per call, state carried; both bodies) and the streaming model. All of them
+run the same float32 operations in the same order as the Scan model, so the tolerance is
+zero (``assert_array_equal``), for a CNN with max pools (cumulative form, one pool in the
+static part) and a residual net with a LogSoftmax head, with calibrated per-neuron v_init.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnx_rmpe.chunked import chunk_for_budget, snn_to_chunked, step_bytes_per_sample
+from onnx_rmpe.convert import convert, qcfs_to_snn
+from onnx_rmpe.errors import OptionError
+from onnx_rmpe.modelio import ensure_functions
+from onnx_rmpe.runtime.neurons import DOMAIN, IF_CHUNK_OP, IF_OP
+from onnx_rmpe.runtime.streaming import StreamingRunner, initial_states, snn_to_streaming
+from tests.helpers import export_torch, run, train
+from tests.test_streaming import _cnn, _resnet
+
+T_MAX = 6
+
+
+@pytest.fixture(scope="module", params=["cnn", "resnet"])
+def nets(request, digits_data):
+    """``(qcfs, {T: calibrated-like Scan SNN})`` with random per-neuron v_init."""
+    (x, y), _ = digits_data
+    net = train({"cnn": _cnn, "resnet": _resnet}[request.param](), x[:600], y[:600], epochs=2)
+    qcfs = convert(export_torch(net, x), T=4, calib=x[:200], rmpe=False).qcfs
+    rng = np.random.default_rng(3)
+    snns = {T: _random_v_init(qcfs_to_snn(qcfs, T=T, form="scan"), x[:1], rng)
+            for T in (1, 2, 5, T_MAX)}
+    return qcfs, snns
+
+
+def _neurons(model: onnx.ModelProto, op: str = IF_OP) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == op]
+
+
+def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    model.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                              for n in names)
+    return model
+
+
+def _random_v_init(snn: onnx.ModelProto, x1: np.ndarray, rng) -> onnx.ModelProto:
+    """Per-neuron v_init in [-theta/2, theta/2) (what RMPE calibration writes)."""
+    spikes = [n.output[0] for n in _neurons(snn)]
+    shapes = [a.shape[1:] for a in run(_with_outputs(snn, spikes), x1)[-len(spikes):]]
+    inits = {i.name: i for i in snn.graph.initializer}
+    for node, shape in zip(_neurons(snn), shapes):
+        theta = numpy_helper.to_array(inits[node.input[1]])
+        value = ((rng.random(shape) - 0.5) * theta).astype(np.float32)
+        inits[node.input[2]].CopyFrom(numpy_helper.from_array(value, node.input[2]))
+    return snn
+
+
+def _multi(snn: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Outputs and per-layer spikes ``[T*N, ...]`` of a multi-step model, by name."""
+    spikes = [n.output[0] for n in _neurons(snn)]
+    names = [o.name for o in snn.graph.output] + spikes
+    return dict(zip(names, run(_with_outputs(snn, spikes), x)))
+
+
+@pytest.mark.parametrize("T", [1, 2, 5, T_MAX])
+def test_unrolled_equals_scan(nets, digits_data, T):
+    qcfs, snns = nets
+    _, (x_test, _) = digits_data
+    x = x_test[:16]
+    scan = snns[T]
+    unrolled = onnx.ModelProto.FromString(scan.SerializeToString())
+    for node in _neurons(unrolled):
+        (form,) = [a for a in node.attribute if a.name == "form"]
+        assert form.s == b"scan"
+        form.s = b"unrolled"
+    unrolled = ensure_functions(unrolled)
+    onnx.checker.check_model(unrolled, full_check=True)
+    body = {f.name: {n.op_type for n in f.node} for f in unrolled.functions}[IF_OP]
+    assert "Scan" not in body and ("Split" in body or T == 1)
+    want, got = _multi(scan, x), _multi(unrolled, x)
+    assert want.keys() == got.keys()
+    fired = 0
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+        fired += int((want[name] > 0).sum()) if name not in [o.name for o in scan.graph.output] \
+            else 0
+    assert fired > 0
+    assert qcfs_to_snn(qcfs, T=T).graph.node  # default form builds too
+
+
+@pytest.mark.parametrize("T,chunk", [(1, 1), (5, 1), (5, 5), (T_MAX, 2), (T_MAX, 3)])
+@pytest.mark.parametrize("form", ["unrolled", "scan"])
+def test_chunked_equals_multi_step(nets, digits_data, T, chunk, form):
+    qcfs, snns = nets
+    _, (x_test, _) = digits_data
+    x = x_test[:16]
+    snn = snns[T]
+    chunked = snn_to_chunked(qcfs, snn, chunk=chunk, form=form)
+    onnx.checker.check_model(chunked, full_check=True)
+    assert chunked.ir_version == 10
+    assert not _neurons(chunked) and len(_neurons(chunked, IF_CHUNK_OP)) == len(_neurons(snn))
+    want = _multi(snn, x)
+    out = snn.graph.output[0].name
+    spikes = [n.output[0] for n in _neurons(chunked, IF_CHUNK_OP)]
+    runner = StreamingRunner(_with_outputs(chunked, spikes), threads=1)
+    got = runner.run(x, T)
+    assert got.shape == want[f"{out}_per_step"].shape == (T, len(x), 10)
+    np.testing.assert_array_equal(got, want[f"{out}_per_step"])  # bit for bit
+    np.testing.assert_array_equal(runner.outputs[out], want[out])
+    runner.reset(len(x))
+    per_layer = {n: [] for n in spikes}
+    for _ in range(T // chunk):
+        runner.step(x)
+        for n in spikes:
+            per_layer[n].append(runner.outputs[n])
+    for n in spikes:
+        np.testing.assert_array_equal(np.concatenate(per_layer[n]), want[n], err_msg=n)
+
+
+def test_chunked_state_defaults_are_calibrated_start(nets):
+    qcfs, snns = nets
+    snn = snns[T_MAX]
+    chunked = snn_to_chunked(qcfs, snn, chunk=2)
+    inits = {i.name: numpy_helper.to_array(i) for i in snn.graph.initializer}
+    start = initial_states(chunked, 3)
+    for node in _neurons(snn):
+        v0 = inits[node.input[1]] * np.float32(0.5) + inits[node.input[2]]
+        np.testing.assert_array_equal(start[f"{node.name}.v"], np.broadcast_to(v0, (3, *v0.shape)))
+    assert float(start["step"]) == 0.0
+
+
+def test_streaming_equals_scan(nets, digits_data):
+    _, snns = nets
+    _, (x_test, _) = digits_data
+    snn = snns[5]
+    got = StreamingRunner(snn_to_streaming(snn), threads=1).run(x_test[:8], 5)
+    out = snn.graph.output[0].name
+    np.testing.assert_array_equal(got, _multi(snn, x_test[:8])[f"{out}_per_step"])
+
+
+def test_chunk_must_divide_T(nets):
+    qcfs, snns = nets
+    with pytest.raises(OptionError, match="--chunk"):
+        snn_to_chunked(qcfs, snns[5], chunk=2)
+
+
+def test_chunk_for_budget_picks_largest_fitting_divisor(nets):
+    qcfs, _ = nets
+    per_step = step_bytes_per_sample(qcfs)
+    assert per_step > 0
+    mb = per_step * 64 / 2**20  # one step at batch 64
+    assert chunk_for_budget(qcfs, T=8, batch=64, budget_mb=mb * 4.5) == 4
+    assert chunk_for_budget(qcfs, T=8, batch=64, budget_mb=mb * 1.01) == 1
+    assert chunk_for_budget(qcfs, T=8, batch=64, budget_mb=mb * 100) == 8
+    with pytest.raises(OptionError, match="--memory-budget"):
+        chunk_for_budget(qcfs, T=8, batch=64, budget_mb=mb * 0.5)
