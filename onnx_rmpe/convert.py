@@ -166,7 +166,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     ``multistep`` (all T steps in one call) or ``streaming`` (one step per call, membrane
     potentials as state inputs/outputs; see :mod:`onnx_rmpe.runtime.streaming`) or
     ``chunked`` (``chunk`` steps per call with the state carried, see
-    :mod:`onnx_rmpe.chunked`; without ``chunk``, the largest divisor of T whose activations
+    :mod:`onnx_rmpe.forms`; without ``chunk``, the largest divisor of T whose activations
     at batch ``batch_size`` fit ``memory_budget_mb``).
     ``finetune_data`` (labelled) runs stage 1 first: QCFS fine-tuning for ``epochs`` epochs
     (:func:`onnx_rmpe.finetune.finetune`, needs torch); its first ``calib_samples`` inputs
@@ -231,7 +231,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
 
 def _chunked(qcfs: onnx.ModelProto, snn: onnx.ModelProto, T: int, chunk: int | None,
              budget_mb: float | None, batch_size: int) -> onnx.ModelProto:
-    from onnx_rmpe.chunked import chunk_for_budget, snn_to_chunked
+    from onnx_rmpe.forms import chunk_for_budget, snn_to_chunked
 
     if chunk is None:
         if budget_mb is None:

@@ -86,6 +86,8 @@ def _kind(proto: onnx.ModelProto) -> str:
         return "snn-streaming"
     if is_chunked(proto):
         return "snn-chunked"
+    if get_metadata(proto).get("onnx_rmpe.kind") == "snn-unrolled":
+        return "snn-unrolled"
     if is_snn(proto):
         return "snn"
     return "qcfs" if is_qcfs(proto) else "ann"
@@ -105,7 +107,7 @@ def _predictor(proto: onnx.ModelProto, kind: str, *, threads: int | None, device
     session = make_session(proto, threads=threads, device=device)
     outputs = [o.name for o in session.get_outputs()]
     wanted = outputs[0]
-    if kind == "snn":
+    if kind in ("snn", "snn-unrolled"):
         wanted = outputs[0] + PER_STEP_SUFFIX
         if wanted not in outputs:
             raise ConversionError(f"SNN has no output '{wanted}' (per-step logits)")

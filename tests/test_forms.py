@@ -14,9 +14,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_rmpe.chunked import chunk_for_budget, snn_to_chunked, step_bytes_per_sample
 from onnx_rmpe.convert import convert, qcfs_to_snn
 from onnx_rmpe.errors import OptionError
+from onnx_rmpe.forms import (
+    chunk_for_budget,
+    snn_to_chunked,
+    snn_to_unrolled,
+    step_bytes_per_sample,
+)
 from onnx_rmpe.modelio import ensure_functions
 from onnx_rmpe.runtime.neurons import DOMAIN, IF_CHUNK_OP, IF_OP
 from onnx_rmpe.runtime.streaming import StreamingRunner, initial_states, snn_to_streaming
@@ -121,6 +126,30 @@ def test_chunked_equals_multi_step(nets, digits_data, T, chunk, form):
             per_layer[n].append(runner.outputs[n])
     for n in spikes:
         np.testing.assert_array_equal(np.concatenate(per_layer[n]), want[n], err_msg=n)
+
+
+@pytest.mark.parametrize("T", [1, 5, T_MAX])
+def test_network_unrolled_equals_multi_step(nets, digits_data, T):
+    _, snns = nets
+    _, (x_test, _) = digits_data
+    x = x_test[:16]
+    snn = snns[T]
+    unrolled = snn_to_unrolled(snn)
+    onnx.checker.check_model(unrolled, full_check=True)
+    ops = {n.op_type for n in unrolled.graph.node}
+    assert not ops & {"Scan", "Split", IF_OP} and not unrolled.functions
+    assert [i.name for i in unrolled.graph.input] == [i.name for i in snn.graph.input]
+    assert [o.name for o in unrolled.graph.output] == [o.name for o in snn.graph.output]
+    want = _multi(snn, x)
+    layers = [n.output[0] for n in _neurons(snn)]
+    steps = [f"{n}@{t}" for n in layers for t in range(1, T + 1)]
+    got = dict(zip([o.name for o in unrolled.graph.output] + steps,
+                   run(_with_outputs(unrolled, steps), x)))
+    for o in snn.graph.output:
+        np.testing.assert_array_equal(got[o.name], want[o.name], err_msg=o.name)
+    for n in layers:
+        per_step = np.concatenate([got[f"{n}@{t}"] for t in range(1, T + 1)])
+        np.testing.assert_array_equal(per_step, want[n], err_msg=n)
 
 
 def test_chunked_state_defaults_are_calibrated_start(nets):

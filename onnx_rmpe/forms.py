@@ -1,4 +1,6 @@
-"""The chunked SNN: ``k`` time steps per call, state carried, memory ``k / T`` of multi-step.
+"""Inference forms of a multi-step SNN: chunked (k steps per call) and network-unrolled.
+
+**Chunked**: ``k`` time steps per call, state carried, memory ``k / T`` of multi-step.
 
 The multi-step SNN holds the activations of all ``T`` steps at once (time is merged into
 the batch); the streaming SNN holds one step but pays one session call per step. The
@@ -13,6 +15,10 @@ multi-step model's per-step outputs and spikes (bit for bit, see
 :func:`chunk_for_budget` picks ``k`` from a memory budget: the largest divisor of ``T``
 whose estimated activation memory (every intermediate tensor of one step, times ``k`` and
 the batch) fits.
+
+**Unrolled** (:func:`snn_to_unrolled`): the streaming step written ``T`` times into one
+graph (:mod:`onnx_rmpe.passes.unroll_steps`): the multi-step model's inputs and outputs,
+each layer on ``[N, ...]`` per step (no tensor of T steps), bit-identical outputs.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from onnx_rmpe.errors import OptionError
 from onnx_rmpe.modelio import default_opset, get_metadata, infer_shapes, to_graph, to_model
 from onnx_rmpe.passes.base import run_passes
 from onnx_rmpe.passes.qcfs_to_if import qcfs_to_if
+from onnx_rmpe.passes.streaming import to_streaming
+from onnx_rmpe.passes.unroll_steps import unroll_steps
 from onnx_rmpe.runtime.neurons import DEFAULT_PHI, DOMAIN, IF_OP
 from onnx_rmpe.runtime.streaming import batch_state_shapes
 
@@ -74,6 +82,18 @@ def snn_to_chunked(qcfs: onnx.ModelProto, snn: onnx.ModelProto, *, chunk: int,
     return batch_state_shapes(model)
 
 
+def snn_to_unrolled(snn: onnx.ModelProto) -> onnx.ModelProto:
+    """The network-unrolled form of a multi-step SNN (same inputs, outputs and values)."""
+    meta = get_metadata(snn)
+    T = int(meta.get("onnx_rmpe.T", 0))
+    if T < 1:
+        raise OptionError("model", "the SNN has no 'onnx_rmpe.T' metadata; convert it again")
+    graph = run_passes(to_graph(snn), [("to_streaming", to_streaming),
+                                       ("unroll_steps", lambda g: unroll_steps(g, T=T))])
+    meta["onnx_rmpe.kind"] = "snn-unrolled"
+    return to_model(graph, opset=default_opset(snn), metadata=meta)
+
+
 def step_bytes_per_sample(model: onnx.ModelProto) -> int:
     """Bytes of all float intermediate tensors of one sample and one step (an upper bound
     on what one step of the SNN keeps alive; onnxruntime reuses buffers below it)."""
@@ -101,4 +121,5 @@ def chunk_for_budget(qcfs: onnx.ModelProto, *, T: int, batch: int, budget_mb: fl
     return fits[-1]
 
 
-__all__ = ["CHUNK_KEY", "chunk_for_budget", "snn_to_chunked", "start_potentials"]
+__all__ = ["CHUNK_KEY", "chunk_for_budget", "snn_to_chunked", "snn_to_unrolled",
+           "start_potentials"]
