@@ -29,10 +29,11 @@ from onnx_rmpe.cli.report import print_calibration
               show_default=True, help="One initial potential per neuron or per channel.")
 @click.option("--rmpe-sweeps", default=1, show_default=True, type=int,
               help="Front-to-back calibration sweeps.")
-@click.option("--mode", type=click.Choice(["multistep", "streaming", "chunked"]),
+@click.option("--mode", type=click.Choice(["multistep", "streaming", "chunked", "unrolled"]),
               default="multistep", show_default=True,
               help="All T steps per call; one step per call with the membrane potentials as "
-                   "state inputs/outputs; or --chunk K steps per call with the state carried.")
+                   "state inputs/outputs; --chunk K steps per call with the state carried; or "
+                   "all T steps per call with the network written out step after step.")
 @click.option("--chunk", type=int, default=None,
               help="Steps per call of --mode chunked (must divide T).")
 @click.option("--memory-budget", "memory_budget", type=float, default=None,

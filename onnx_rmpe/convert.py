@@ -43,7 +43,7 @@ from onnx_rmpe.runtime.streaming import snn_to_streaming
 
 logger = logging.getLogger(__name__)
 
-MODES = ("multistep", "streaming", "chunked")
+MODES = ("multistep", "streaming", "chunked", "unrolled")
 
 
 @dataclass
@@ -167,7 +167,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     potentials as state inputs/outputs; see :mod:`onnx_rmpe.runtime.streaming`) or
     ``chunked`` (``chunk`` steps per call with the state carried, see
     :mod:`onnx_rmpe.forms`; without ``chunk``, the largest divisor of T whose activations
-    at batch ``batch_size`` fit ``memory_budget_mb``).
+    at batch ``batch_size`` fit ``memory_budget_mb``) or ``unrolled`` (the network written
+    T times over, one step after the other; same inputs and outputs as multistep).
     ``finetune_data`` (labelled) runs stage 1 first: QCFS fine-tuning for ``epochs`` epochs
     (:func:`onnx_rmpe.finetune.finetune`, needs torch); its first ``calib_samples`` inputs
     calibrate RMPE when ``calib`` is not given. ``output`` (if
@@ -218,6 +219,10 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
         snn = snn_to_streaming(snn)
     elif mode == "chunked":
         snn = _chunked(qcfs, snn, T, chunk, memory_budget_mb, batch_size)
+    elif mode == "unrolled":
+        from onnx_rmpe.forms import snn_to_unrolled
+
+        snn = snn_to_unrolled(snn)
     result = ConversionResult(snn, qcfs, T, levels, thresholds, calibration=calibration)
     if save_qcfs is not None:
         result.qcfs_path = save_model(qcfs, save_qcfs)

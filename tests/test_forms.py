@@ -189,3 +189,20 @@ def test_chunk_for_budget_picks_largest_fitting_divisor(nets):
     assert chunk_for_budget(qcfs, T=8, batch=64, budget_mb=mb * 100) == 8
     with pytest.raises(OptionError, match="--memory-budget"):
         chunk_for_budget(qcfs, T=8, batch=64, budget_mb=mb * 0.5)
+
+
+@pytest.mark.parametrize("form", ["stream", "chunk"])
+def test_io_binding_runner_equals_plain_runner(nets, digits_data, form):
+    qcfs, snns = nets
+    _, (x_test, _) = digits_data
+    snn = snns[T_MAX]
+    model = snn_to_streaming(snn) if form == "stream" else snn_to_chunked(qcfs, snn, chunk=2)
+    plain = StreamingRunner(model, threads=1)
+    bound = StreamingRunner(model, threads=1, io_binding=True)
+    for x in (x_test[:5], x_test[5:6], x_test[:5]):  # batch changes reset the buffers
+        want = plain.run(x, T_MAX)
+        np.testing.assert_array_equal(bound.run(x, T_MAX), want)
+        np.testing.assert_array_equal(want, _multi(snn, x)[f"{snn.graph.output[0].name}_per_step"])
+        assert bound.outputs.keys() == plain.outputs.keys()
+        for name, value in plain.outputs.items():
+            np.testing.assert_array_equal(bound.outputs[name], value, err_msg=name)
