@@ -327,8 +327,8 @@ def main() -> None:
                 for batch in batches:
                     for th in threads:
                         cost = T * batch
-                        rounds = 3 if args.quick else (5 if cost >= 2048 else 9 if cost >= 256
-                                                       else 21)
+                        rounds = 3 if args.quick else (3 if cost >= 2048 else 5 if cost >= 256
+                                                       else 11)
                         r = time_config(workdir, kind, T, batch, thetas[kind], rounds, th,
                                         methods)
                         r.update(kind=kind, T=T, batch=batch, rounds=rounds, threads=th)

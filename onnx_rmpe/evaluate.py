@@ -48,12 +48,14 @@ class EvaluationResult:
 def evaluate(model: str | os.PathLike | onnx.ModelProto, data, *,
              steps: list[int] | None = None, batch_size: int = 256, samples: int | None = None,
              threads: int | None = None, device: Device = "cpu",
-             providers: Sequence[str] | None = None,
+             providers: Sequence[str] | None = None, unroll: bool | None = None,
              progress: bool = False) -> EvaluationResult:
     """Accuracy of ``model`` on labelled ``data`` (path, ``(x, y)`` or Dataset).
 
     For an SNN, the accuracy after each step comes from its ``<output>_per_step`` output;
-    ``steps`` selects which steps to report (default: all).
+    ``steps`` selects which steps to report (default: all). ``unroll`` runs a multi-step
+    SNN in its network-unrolled form (:func:`onnx_rmpe.forms.snn_to_unrolled`: the same
+    outputs bit for bit, faster in benchmarks/runtime.py); default: when T <= 64.
     """
     device = list(providers) if providers else device
     start = time.perf_counter()
@@ -61,7 +63,11 @@ def evaluate(model: str | os.PathLike | onnx.ModelProto, data, *,
     ds = load_data(data, require_labels=True).head(samples)
     check_fits(ds, proto)
     kind = _kind(proto)
-    predict, provider = _predictor(proto, kind, threads=threads, device=device)
+    if kind == "snn" and _should_unroll(proto, unroll):
+        from onnx_rmpe.forms import snn_to_unrolled
+
+        proto = snn_to_unrolled(proto)
+    predict, provider = _predictor(proto, _kind(proto), threads=threads, device=device)
     counter = AccuracyCounter()
     with progress_bar(progress, "evaluate") as bar:
         task = bar.add_task(kind, total=len(ds))
@@ -79,6 +85,18 @@ def evaluate(model: str | os.PathLike | onnx.ModelProto, data, *,
     logger.info("evaluated %s (%s) on %d samples: %.4f", meta.get("onnx_rmpe.kind", kind),
                 result.provider, len(ds), result.accuracy)
     return result
+
+
+UNROLL_MAX_T = 64
+
+
+def _should_unroll(proto: onnx.ModelProto, unroll: bool | None) -> bool:
+    T = int(get_metadata(proto).get("onnx_rmpe.T", 0))
+    if unroll is None:
+        return 1 <= T <= UNROLL_MAX_T
+    if unroll and T < 1:
+        raise OptionError("--unroll", "the SNN has no 'onnx_rmpe.T' metadata; convert it again")
+    return unroll
 
 
 def _kind(proto: onnx.ModelProto) -> str:

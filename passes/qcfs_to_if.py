@@ -18,10 +18,11 @@ With ``chunk=True`` the graph runs one *chunk* of ``T`` steps per call and carri
 state between calls as inputs with default values and ``<state>_next`` outputs (the names
 of :mod:`onnx_rmpe.passes.streaming`): ``IFNeuronChunk`` takes and returns the membrane
 potential ``<layer>.v`` (default ``phi * theta``); a cumulative pool prepends its running
-sum ``<pool>.sum`` to the chunk before ``CumSum`` and its last pooled value ``<pool>.prev``
-before the differences; a readout prepends ``<y>.sum`` and divides by ``step + t``. The
-carried values enter the same float32 sums in the same order, so chunks of ``k`` steps
-reproduce the multi-step graph's outputs bit for bit.
+sum ``<pool>.sum`` to the chunk before ``CumSum`` (pooling that extra row gives the
+previous chunk's last pooled value again, bit for bit, for the first difference); a
+readout prepends ``<y>.sum`` and divides by ``step + t``. The carried values enter the
+same float32 sums in the same order, so chunks of ``k`` steps reproduce the multi-step
+graph's outputs bit for bit.
 
 Invariant: no QCFS remains; with ``T = L`` and an input constant over time the first
 spiking layer reproduces the QCFS layer exactly; graph input names and shapes are kept.
@@ -69,12 +70,14 @@ class _Builder:
             return x
         return self.op("Concat", [x] * self.T, f"{x.name}_tiled", {"axis": 0})
 
-    def split_time(self, x: gs.Tensor) -> tuple[gs.Variable, gs.Variable]:
-        """``[T*N, ...] -> [T, N, ...]``; returns the reshaped tensor and ``Shape(x)``."""
+    def split_time(self, x: gs.Tensor,
+                   steps: int | None = None) -> tuple[gs.Variable, gs.Variable]:
+        """``[T*N, ...] -> [T, N, ...]`` (or ``steps`` for T); returns it and ``Shape(x)``."""
         shape = self.op("Shape", [x], f"{x.name}_shape", dtype=np.int64)
         rest = self.op("Slice", [shape, self.const("one", [1]), self.const("big", [_BIG])],
                        f"{x.name}_rest", dtype=np.int64)
-        tn = self.op("Concat", [self.const("T_and_rest", [self.T, -1]), rest],
+        head = [steps or self.T, -1]
+        tn = self.op("Concat", [self.const("T_and_rest", head), rest],
                      f"{x.name}_shape_tn", {"axis": 0}, dtype=np.int64)
         return self.op("Reshape", [x, tn], f"{x.name}_tn"), shape
 
@@ -92,9 +95,10 @@ class _Builder:
                                                 dtype=np.int64)], f"{name}_full")
         return self.op("Concat", [full, x_tn], f"{name}_then_chunk", {"axis": 0})
 
-    def emit_last(self, name: str, x_tn: gs.Tensor) -> None:
-        """The last step of ``x_tn`` becomes the state's next value ``name + '_next'``."""
-        last = self.op("Gather", [x_tn, self.const("last", np.array(self.T - 1, np.int64))],
+    def emit_last(self, name: str, x_tn: gs.Tensor, index: int | None = None) -> None:
+        """Step ``index`` (default: the last) of ``x_tn`` becomes the state's next value."""
+        index = self.T - 1 if index is None else index
+        last = self.op("Gather", [x_tn, self.const("last", np.array(index, np.int64))],
                        f"{name}_last", {"axis": 0})
         self.states.emit(name, last)
 
@@ -191,21 +195,32 @@ def _cumulative_pool(b: _Builder, pool: gs.Node) -> None:
 
 def _cumulative_pool_chunk(b: _Builder, pool: gs.Node, x_tn: gs.Tensor,
                            x_shape: gs.Tensor) -> None:
-    """The chunked cumulative pool: the running sum and last pooled value are carried."""
+    """The chunked cumulative pool: only the running sum ``S`` is carried.
+
+    ``C = MaxPool(CumSum([S, x(1..k)]))`` has ``k + 1`` rows; row 0 is ``MaxPool(S)``, the
+    previous chunk's last pooled value bit for bit (the same op on the same input), so the
+    outputs ``C[1:] - C[:-1]`` need no second state.
+    """
     x, out, T = pool.inputs[0], pool.outputs[0], b.T
     total = b.op("CumSum", [b.prepend(f"{pool.name}.sum", x_tn),
                             b.const("axis0", np.array(0, np.int64))], f"{x.name}_cumsum")
-    running = b.steps(total, 1, T + 1, f"{x.name}_running")
-    b.emit_last(f"{pool.name}.sum", running)
-    running = b.op("Reshape", [running, x_shape], f"{x.name}_cumsum_flat")
+    b.emit_last(f"{pool.name}.sum", total, index=T)
+    pool.inputs[0] = b.op("Reshape", [total, _flat_shape(b, x)], f"{x.name}_cumsum_flat")
     pooled = gs.Variable(b.fresh(f"{out.name}_cumulative"), dtype=np.float32)
-    pool.inputs[0], pool.outputs[0] = running, pooled
-    p_tn, p_shape = b.split_time(pooled)
-    b.emit_last(f"{pool.name}.prev", p_tn)
-    both = b.prepend(f"{pool.name}.prev", p_tn)
-    diff = b.op("Sub", [b.steps(both, 1, T + 1, f"{out.name}_later"),
-                        b.steps(both, 0, T, f"{out.name}_earlier")], f"{out.name}_steps")
-    b.op("Reshape", [diff, p_shape], out.name, out=out)
+    pool.outputs[0] = pooled
+    p_tn, _ = b.split_time(pooled, steps=T + 1)
+    diff = b.op("Sub", [b.steps(p_tn, 1, T + 1, f"{out.name}_later"),
+                        b.steps(p_tn, 0, T, f"{out.name}_earlier")], f"{out.name}_steps")
+    b.op("Reshape", [diff, _flat_shape(b, pooled)], out.name, out=out)
+
+
+def _flat_shape(b: _Builder, like: gs.Tensor) -> gs.Variable:
+    """``[-1, *like.shape[1:]]``: merge a leading time axis back into the batch."""
+    shape = b.op("Shape", [like], f"{like.name}_shape", dtype=np.int64)
+    rest = b.op("Slice", [shape, b.const("one", [1]), b.const("big", [_BIG])],
+                f"{like.name}_rest", dtype=np.int64)
+    return b.op("Concat", [b.const("minus_one", [-1]), rest], f"{like.name}_flat_shape",
+                {"axis": 0}, dtype=np.int64)
 
 
 def _keep_batch_dim(b: _Builder, reshape: gs.Node) -> None:

@@ -206,3 +206,19 @@ def test_io_binding_runner_equals_plain_runner(nets, digits_data, form):
         assert bound.outputs.keys() == plain.outputs.keys()
         for name, value in plain.outputs.items():
             np.testing.assert_array_equal(bound.outputs[name], value, err_msg=name)
+
+
+def test_evaluate_unrolled_equals_as_is(nets, digits_data):
+    from onnx_rmpe.evaluate import evaluate
+    _, snns = nets
+    _, (x_test, y_test) = digits_data
+    snn = snns[5]
+    snn.metadata_props.add(key="onnx_rmpe.T", value="5")
+    data = (x_test[:64], y_test[:64])
+    as_is = evaluate(snn, data, unroll=False, threads=1)
+    unrolled = evaluate(snn, data, threads=1)  # default: unrolled at T <= 64
+    assert as_is.kind == unrolled.kind == "snn" and unrolled.T == 5
+    assert unrolled.accuracy_per_step == as_is.accuracy_per_step
+    per_step = _multi(snn, data[0])[f"{snn.graph.output[0].name}_per_step"]
+    want = [float((p.argmax(-1) == data[1]).mean()) for p in per_step]
+    np.testing.assert_allclose(unrolled.accuracy_per_step, want, atol=1e-12)
