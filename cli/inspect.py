@@ -28,7 +28,8 @@ def inspect_cmd(model: Path, json_path: Path | None) -> None:
                    f"RMPE={meta.get('onnx_rmpe.rmpe', '?')}")
     label = {"snn": "spiking layers", "qcfs": "QCFS layers", "ann": "convertible activations",
              "snn-streaming": "state inputs (one step per call; defaults = initial state)",
-             "snn-chunked": "state inputs (k steps per call; defaults = initial state)"}
+             "snn-chunked": "state inputs (k steps per call; defaults = initial state)",
+             "snn-unrolled": "spiking layers (listed in the multi-step form)"}
     click.echo(f"  {label[info.kind]}: {len(info.layers)}")
     for layer in info.layers:
         extra = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"

@@ -65,11 +65,15 @@ def inspect_model(model: str | os.PathLike | onnx.ModelProto) -> ModelInfo:
         kind = "snn-streaming"
     if is_chunked(proto):
         kind = "snn-chunked"
+    if get_metadata(proto).get("onnx_rmpe.kind") == "snn-unrolled":
+        kind = "snn-unrolled"
     info = ModelInfo(path, kind, default_opset(proto), proto.ir_version,
                      _value_infos(i for i in proto.graph.input if i.name not in inits),
                      _value_infos(proto.graph.output), metadata=get_metadata(proto))
     if kind == "snn":
         info.layers = _snn_layers(proto)
+        return info
+    if kind == "snn-unrolled":  # the network written T times: no layer list to show
         return info
     if kind in ("snn-streaming", "snn-chunked"):
         info.layers = [{"node": name, "op": "state", "shape": dims}
