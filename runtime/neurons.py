@@ -18,12 +18,13 @@ they give bit-identical spikes (node attribute ``form``):
 
 * ``unrolled``: ``Split`` the ``[T*N, ...]`` input into T blocks of ``[N, ...]`` along the
   batch axis, five elementwise ops per step, ``Concat`` back. No reshape to ``[T, N, ...]``
-  and no subgraph, so onnxruntime fuses and places it like any elementwise op (the default
-  for ``T <= UNROLL_MAX_T``; measured in benchmarks/runtime.py).
-* ``scan``: reshape to ``[T, N, ...]`` and a ``Scan`` over time with the membrane potential
-  as state (a graph of constant size for large T).
+  and no subgraph.
+* ``scan`` (the default, :func:`default_form`): reshape to ``[T, N, ...]`` and a ``Scan``
+  over time with the membrane potential as state (a graph of constant size for any T).
 
-onnxruntime inlines the function either way.
+``IFNeuronChunk`` (the chunked model, :mod:`onnx_rmpe.forms`) runs the same dynamics from
+a carried potential: inputs ``(x, theta, v)`` with ``v(0) = v``, outputs ``(y, v(T))``.
+onnxruntime inlines the functions either way.
 """
 
 from __future__ import annotations
@@ -38,13 +39,17 @@ QCFS_OP = "QCFS"
 IF_OP = "IFNeuron"
 IF_CHUNK_OP = "IFNeuronChunk"
 DEFAULT_PHI = 0.5
-IF_FORMS = ("unrolled", "scan")
-UNROLL_MAX_T = 64
+IF_FORMS = ("scan", "unrolled")
 
 
 def default_form(T: int) -> str:
-    """The IF body chosen when a node does not name one: unrolled up to ``UNROLL_MAX_T``."""
-    return "unrolled" if T <= UNROLL_MAX_T else "scan"
+    """The IF body chosen when a node does not name one: ``scan`` at every T.
+
+    The unrolled body did not run measurably faster in benchmarks/runtime.py (its Split and
+    Concat copies cost what the Scan costs, and onnxruntime still reorders the layout
+    around it); the network-unrolled model (:mod:`onnx_rmpe.forms`) is the faster form.
+    """
+    return "scan"
 
 
 def _const(out: str, value: np.ndarray) -> onnx.NodeProto:
