@@ -380,7 +380,7 @@ def write_report(path: Path, rows, mem_rows, prof, seconds: float, quick: bool,
         f"{os.getloadavg()[0]:.1f}.  ",
         "Timing: median of interleaved rounds (each round runs every method once, after a "
         "warm-up run), milliseconds (wall clock) per full inference of T steps; every "
-        "onnxruntime form's logits equal the Scan model's bit for bit (checked in the run). "
+        "onnxruntime form's logits are compared with the Scan model's (listed below). "
         "`CPU time`: ratios of median process CPU times (1 thread only; less disturbed by "
         "other processes on a shared machine than wall clock). "
         "Networks: 28x28x1 input, random weights, thresholds calibrated on uniform noise "
