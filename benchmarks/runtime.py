@@ -1,17 +1,20 @@
-"""Runtime benchmark: multi-step and streaming SNNs in onnxruntime vs SpikingJelly and torch.
+"""Runtime benchmark: the SNN forms in onnxruntime vs SpikingJelly, 1 and 2 threads.
 
-    python benchmarks/runtime.py [--quick] [--out benchmarks/results/runtime.md]
+    python benchmarks/runtime.py [--quick] [--threads 1,2] [--out benchmarks/results/runtime.md]
 
-Everything runs on 1 thread (onnxruntime intra_op=1, torch.set_num_threads(1)). For each
+onnxruntime runs with intra_op = the thread count, torch with set_num_threads. For each
 network (VGG-like, ResNet-like; 28x28x1 input, random weights, thresholds calibrated on
-uniform noise), T and batch, the methods run interleaved (one run of each per round) and
-the median over rounds is reported:
+uniform noise), T, batch and thread count, the methods run interleaved (one run of each
+per round) and the median over rounds is reported (wall clock; for 1 thread also the
+process CPU time, steadier on a shared machine):
 
-* ``ort multi``  the multi-step SNN of ``convert`` (one session run for all T steps),
-* ``ort stream`` the streaming SNN (T session runs, states fed back),
+* ``scan``       the multi-step SNN with the Scan IF body (the previous default),
+* ``unrolled``   the multi-step SNN with the unrolled IF body (Split / elementwise / Concat),
+* ``net``        the network-unrolled SNN (the streaming step chained T times in one graph),
+* ``chunk4``     the chunked SNN, 4 steps per call (T/4 calls, state carried),
+* ``stream``     the streaming SNN (T session runs, states fed back),
 * ``sj``         SpikingJelly multi-step (IFNode(v_reset=None, step_mode='m'), ann2snn-style
   threshold scaling, input repeated T times, layers on [T*N, ...] via SeqToANNContainer),
-* ``torch loop`` plain torch, a Python loop over T steps,
 * ``T x ANN``    T times one run of the ANN in onnxruntime.
 
 All SNNs are the same network: same weights, thresholds theta, start potential theta/2,
@@ -37,7 +40,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-METHODS = ["ort multi", "ort stream", "sj", "torch loop", "T x ANN"]
+ORT_FORMS = ["scan", "unrolled", "net", "chunk4", "stream"]
+METHODS = [*ORT_FORMS, "sj", "T x ANN"]
 
 
 def build_net(kind: str):
@@ -144,23 +148,27 @@ def spiking_torch(net, thetas: list[float], neuron: str):
 
 
 def prepare(workdir: Path, kind: str, Ts: list[int]) -> dict:
-    """Export the ANN, convert, write ANN/SNN/streaming models; returns paths and thetas."""
+    """Export the ANN, convert, write every SNN form; returns the thresholds."""
     import onnx
 
     from onnx_rmpe.convert import convert, qcfs_to_snn
+    from onnx_rmpe.forms import snn_to_chunked, snn_to_unrolled
     from onnx_rmpe.runtime.streaming import snn_to_streaming
     sys.path.insert(0, str(HERE.parent))
     from tests.helpers import export_torch
     x = np.random.default_rng(0).random((256, 1, 28, 28), dtype=np.float32)
     ann = export_torch(build_net(kind), x)
     onnx.save(ann, str(workdir / f"{kind}_ann.onnx"))
-    res = convert(ann, T=Ts[0], calib=x)
+    res = convert(ann, T=Ts[0], calib=x, rmpe=False)
     thetas = [float(onnx.numpy_helper.to_array(i)) for n in res.snn.graph.node
               if n.op_type == "IFNeuron" for i in res.snn.graph.initializer if i.name == n.input[1]]
     for T in Ts:
-        snn = qcfs_to_snn(res.qcfs, T=T)
-        onnx.save(snn, str(workdir / f"{kind}_snn_T{T}.onnx"))
-        onnx.save(snn_to_streaming(snn), str(workdir / f"{kind}_stream_T{T}.onnx"))
+        scan = qcfs_to_snn(res.qcfs, T=T, form="scan")
+        forms = {"scan": scan, "unrolled": qcfs_to_snn(res.qcfs, T=T, form="unrolled"),
+                 "net": snn_to_unrolled(scan), "stream": snn_to_streaming(scan),
+                 "chunk4": snn_to_chunked(res.qcfs, scan, chunk=min(4, T))}
+        for name, model in forms.items():
+            onnx.save(model, str(workdir / f"{kind}_{name}_T{T}.onnx"))
     return {"thetas": thetas}
 
 
@@ -168,101 +176,71 @@ class Runner:
     """Loads one method for one config; ``__call__`` runs it once."""
 
     def __init__(self, method: str, workdir: Path, kind: str, T: int, batch: int,
-                 thetas: list[float]) -> None:
+                 thetas: list[float], threads: int = 1) -> None:
         self.x = np.random.default_rng(1).random((batch, 1, 28, 28), dtype=np.float32)
         self.T = T
-        if method.startswith("ort") or method == "T x ANN":
+        if method in ORT_FORMS or method == "T x ANN":
+            import onnx
             import onnxruntime as ort
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
-            name = {"ort multi": "snn", "ort stream": "stream", "T x ANN": "ann"}[method]
-            path = workdir / (f"{kind}_ann.onnx" if name == "ann" else f"{kind}_{name}_T{T}.onnx")
-            if method == "ort stream":
-                import onnx
 
-                from onnx_rmpe.runtime.streaming import StreamingRunner
-                runner = StreamingRunner(onnx.load(str(path)), threads=1)
+            from onnx_rmpe.runtime.streaming import StreamingRunner
+            path = workdir / (f"{kind}_ann.onnx" if method == "T x ANN"
+                              else f"{kind}_{method}_T{T}.onnx")
+            if method in ("stream", "chunk4"):
+                runner = StreamingRunner(onnx.load(str(path)), threads=threads)
                 self.fn = lambda: runner.run(self.x, T)[-1]
-            else:
-                sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-                feed = {sess.get_inputs()[0].name: self.x}
-                out = [sess.get_outputs()[0].name]
-                reps = T if method == "T x ANN" else 1
-                self.fn = lambda: [sess.run(out, feed) for _ in range(reps)][-1][0]
+                return
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            feed = {sess.get_inputs()[0].name: self.x}
+            out = [sess.get_outputs()[0].name]
+            reps = T if method == "T x ANN" else 1
+            self.fn = lambda: [sess.run(out, feed) for _ in range(reps)][-1][0]
             return
         import torch
-        torch.set_num_threads(1)
-        net = spiking_torch(build_net(kind), thetas, "sj" if method == "sj" else "plain")
+        torch.set_num_threads(threads)
+        net = spiking_torch(build_net(kind), thetas, "sj")
         xt = torch.from_numpy(self.x)
-        if method == "sj":
-            def fn():
-                with torch.inference_mode():
-                    return net(xt.unsqueeze(0).repeat(T, 1, 1, 1, 1)).mean(0).numpy()
-        else:
-            def fn():  # the loop runs each step through the whole network
-                with torch.inference_mode():
-                    return loop_forward(net, xt, T).numpy()
+
+        def fn():
+            with torch.inference_mode():
+                return net(xt.unsqueeze(0).repeat(T, 1, 1, 1, 1)).mean(0).numpy()
         self.fn = fn
 
     def __call__(self):
         return self.fn()
 
 
-def loop_forward(net, x, T: int):
-    """Plain torch: for t in 1..T, the network on one step ([1, N, ...] per layer)."""
-    import torch
-    ifs = [m for m in net.modules() if type(m).__name__ == "PlainIF"]
-    pools = [m for m in net.modules() if type(m).__name__ == "CumPool"]
-    state = {id(m): torch.full((), 0.5 * m.theta) for m in ifs}
-    sums = {id(m): 0.0 for m in pools}
-    prev = {id(m): 0.0 for m in pools}
-
-    def if_step(m, inp, _out):
-        v = state[id(m)] + inp[0][0]
-        s = (v >= m.theta).to(v.dtype) * m.theta
-        state[id(m)] = v - s
-        return s[None]
-
-    def pool_step(m, inp, _out):
-        sums[id(m)] = sums[id(m)] + inp[0][0]
-        c = m.pool(sums[id(m)])
-        d, prev[id(m)] = c - prev[id(m)], c
-        return d[None]
-    # replace the multi-step forward of IF / pool modules by a one-step one
-    for m in ifs:
-        m.forward_orig, m.forward = m.forward, (lambda x, m=m: if_step(m, (x,), None))
-    for m in pools:
-        m.forward_orig, m.forward = m.forward, (lambda x, m=m: pool_step(m, (x,), None))
-    try:
-        total = 0
-        for _ in range(T):
-            total = total + net(x[None])[0]
-        return total / T
-    finally:
-        for m in ifs + pools:
-            m.forward = m.forward_orig
-
-
-def time_config(workdir, kind, T, batch, thetas, rounds) -> dict:
-    runners = {m: Runner(m, workdir, kind, T, batch, thetas) for m in METHODS}
+def time_config(workdir, kind, T, batch, thetas, rounds, threads, methods) -> dict:
+    runners = {m: Runner(m, workdir, kind, T, batch, thetas, threads) for m in methods}
     outs = {m: r() for m, r in runners.items()}  # warm-up, and the outputs
-    times = {m: [] for m in METHODS}
+    wall = {m: [] for m in methods}
+    cpu = {m: [] for m in methods}
     for _ in range(rounds):
         for m, r in runners.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             r()
-            times[m].append(time.perf_counter() - start)
-    med = {m: float(np.median(v)) * 1e3 for m, v in times.items()}
-    ref = outs["ort multi"]
-    agree = {m: float((outs[m].argmax(-1) == ref.argmax(-1)).mean())
-             for m in ("sj", "torch loop", "ort stream")}
-    return {"ms": med, "agree": agree}
+            wall[m].append(time.perf_counter() - start)
+            cpu[m].append(time.process_time() - start_cpu)
+    ref = outs["scan"]
+    # forms that run the linear ops on [N, ...] instead of [T*N, ...] may get other
+    # onnxruntime kernels (other float rounding) at large sizes: bit-identity is recorded
+    exact = {m: bool(np.array_equal(outs[m], ref)) for m in methods if m in ORT_FORMS}
+    diff = {m: float(np.abs(outs[m] - ref).max() / (np.abs(ref).max() + 1e-12))
+            for m in methods if m in ORT_FORMS}
+    assert max(diff.values()) < 1e-3, (kind, T, batch, diff)
+    agree = {m: float((outs[m].argmax(-1) == ref.argmax(-1)).mean()) for m in methods
+             if m not in ("scan", "T x ANN")}
+    return {"ms": {m: float(np.median(v)) * 1e3 for m, v in wall.items()},
+            "cpu_ms": {m: float(np.median(v)) * 1e3 for m, v in cpu.items()}, "agree": agree,
+            "exact": exact, "rel_diff": diff}
 
 
 def mem_child(args) -> None:
     workdir, kind, T, batch, method = Path(args[0]), args[1], int(args[2]), int(args[3]), args[4]
     thetas = json.loads((workdir / f"{kind}_thetas.json").read_text())
-    r = Runner(method, workdir, kind, T, batch, thetas)
+    r = Runner(method, workdir, kind, T, batch, thetas, 1)
     before = _status("VmRSS")
     r()
     peak = _status("VmHWM")  # ru_maxrss would keep the forking parent's peak
@@ -283,13 +261,14 @@ def measure_memory(workdir, kind, T, batch, method) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def profile(workdir: Path, kind: str, T: int, batch: int) -> list[tuple[str, float]]:
-    """Share of the multi-step run's kernel time by op type (onnxruntime profiler)."""
+def profile(workdir: Path, kind: str, T: int, batch: int,
+            form: str) -> list[tuple[str, float]]:
+    """Share of one form's kernel time by op type (onnxruntime profiler)."""
     import onnxruntime as ort
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.enable_profiling = 1, True
-    opts.profile_file_prefix = str(workdir / f"prof_{kind}_{T}")
-    sess = ort.InferenceSession(str(workdir / f"{kind}_snn_T{T}.onnx"), opts,
+    opts.profile_file_prefix = str(workdir / f"prof_{kind}_{form}_{T}")
+    sess = ort.InferenceSession(str(workdir / f"{kind}_{form}_T{T}.onnx"), opts,
                                 providers=["CPUExecutionProvider"])
     x = np.random.default_rng(1).random((batch, 1, 28, 28), dtype=np.float32)
     for _ in range(3):
@@ -305,16 +284,22 @@ def profile(workdir: Path, kind: str, T: int, batch: int) -> list[tuple[str, flo
 
 
 def _fmt_table(rows: list[dict]) -> list[str]:
-    lines = ["| net | T | batch | ort multi | ort stream | SJ | torch loop | T x ANN | "
-             "multi / (T x ANN) | SJ / multi | stream / multi |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    cols = [m for m in METHODS if m != "T x ANN"]
+    lines = ["| net | T | batch | threads | T x ANN | " + " | ".join(cols) +
+             " | best form | best / (T x ANN) | SJ / best | CPU time: best / (T x ANN) | "
+             "CPU time: SJ / best |",
+             "|---|---|---|---|---|" + "---|" * len(cols) + "---|---|---|---|---|"]
     for r in rows:
-        ms = r["ms"]
-        lines.append(
-            f"| {r['kind']} | {r['T']} | {r['batch']} | {ms['ort multi']:.1f} | "
-            f"{ms['ort stream']:.1f} | {ms['sj']:.1f} | {ms['torch loop']:.1f} | "
-            f"{ms['T x ANN']:.1f} | {ms['ort multi'] / ms['T x ANN']:.2f} | "
-            f"{ms['sj'] / ms['ort multi']:.2f} | {ms['ort stream'] / ms['ort multi']:.2f} |")
+        ms, cpu = r["ms"], r["cpu_ms"]
+        best = min((m for m in ORT_FORMS if m in ms), key=lambda m: ms[m])
+        sj = f"{ms['sj'] / ms[best]:.2f}" if "sj" in ms else "-"
+        cells = " | ".join(f"{ms[m]:.1f}" if m in ms else "-" for m in cols)
+        one = r["threads"] == 1
+        cpu_ratio = f"{cpu[best] / cpu['T x ANN']:.2f}" if one else "-"
+        cpu_sj = f"{cpu['sj'] / cpu[best]:.2f}" if one and "sj" in cpu else "-"
+        lines.append(f"| {r['kind']} | {r['T']} | {r['batch']} | {r['threads']} | "
+                     f"{ms['T x ANN']:.1f} | {cells} | {best} | {ms[best] / ms['T x ANN']:.2f} "
+                     f"| {sj} | {cpu_ratio} | {cpu_sj} |")
     return lines
 
 
@@ -324,12 +309,19 @@ def main() -> None:
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer configs and rounds (smoke run)")
+    p.add_argument("--threads", default="1,2", help="thread counts to measure")
     p.add_argument("--out", default=str(HERE / "results" / "runtime.md"))
     args = p.parse_args()
     import logging
     logging.basicConfig(level=logging.WARNING)
+    try:
+        import spikingjelly  # noqa: F401
+        methods = METHODS
+    except ImportError:
+        methods = [m for m in METHODS if m != "sj"]
     Ts = [4, 8] if args.quick else [4, 8, 32]
     kinds, batches = ["vgg", "resnet"], [1, 64]
+    threads = [int(t) for t in args.threads.split(",")]
     start = time.time()
     rows, mem_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -341,23 +333,35 @@ def main() -> None:
         for kind in kinds:
             for T in Ts:
                 for batch in batches:
-                    cost = T * batch
-                    rounds = 3 if args.quick else (5 if cost >= 2048 else 9 if cost >= 256 else 21)
-                    r = time_config(workdir, kind, T, batch, thetas[kind], rounds)
-                    r.update(kind=kind, T=T, batch=batch, rounds=rounds)
-                    rows.append(r)
-                    logging.warning("%s T=%d batch=%d: %s agree=%s", kind, T, batch,
-                                    {k: round(v, 1) for k, v in r["ms"].items()}, r["agree"])
-            for T in Ts:
-                mem = {m: measure_memory(workdir, kind, T, 64, m)
-                       for m in ("ort multi", "ort stream", "T x ANN", "sj")}
+                    for th in threads:
+                        cost = T * batch
+                        rounds = 3 if args.quick else (2 if cost >= 2048 else 3 if cost >= 256
+                                                       else 7)
+                        # at 2 threads: the multi-step forms against the ANN (time budget)
+                        ms = methods if th == 1 else ["scan", "unrolled", "net", "T x ANN"]
+                        r = time_config(workdir, kind, T, batch, thetas[kind], rounds, th, ms)
+                        r.update(kind=kind, T=T, batch=batch, rounds=rounds, threads=th)
+                        rows.append(r)
+                        logging.warning("%s T=%d batch=%d threads=%d: %s", kind, T, batch, th,
+                                        {k: round(v, 1) for k, v in r["ms"].items()})
+            for T in Ts[1:]:
+                mem = {m: measure_memory(workdir, kind, T, 64, m) for m in methods}
                 mem_rows.append({"kind": kind, "T": T, "mem": mem})
                 logging.warning("%s T=%d memory %s", kind, T, mem)
-        prof = {kind: profile(workdir, kind, 8, 64) for kind in kinds}
-    write_report(Path(args.out), rows, mem_rows, prof, time.time() - start, args.quick)
+        prof = {(kind, form): profile(workdir, kind, 8, 64, form) for kind in kinds
+                for form in ("scan", "net")}
+    write_report(Path(args.out), rows, mem_rows, prof, time.time() - start, args.quick,
+                 methods)
 
 
-def write_report(path: Path, rows, mem_rows, prof, seconds: float, quick: bool) -> None:
+def _exactness(row: dict, method: str) -> str:
+    if row["exact"][method]:
+        return f"{method} exact"
+    return f"{method} {row['rel_diff'][method]:.1e} (agree {row['agree'][method]:.3f})"
+
+
+def write_report(path: Path, rows, mem_rows, prof, seconds: float, quick: bool,
+                 methods: list[str]) -> None:
     import onnxruntime
     import torch
     try:
@@ -370,39 +374,43 @@ def write_report(path: Path, rows, mem_rows, prof, seconds: float, quick: bool) 
         f"Command: `python benchmarks/runtime.py{' --quick' if quick else ''}` "
         f"({seconds / 60:.1f} min)  ",
         f"Date: {datetime.date.today()}  ",
-        f"Machine: 2-core shared CPU ({platform.processor() or platform.machine()}), "
-        f"1 thread for every method; onnxruntime {onnxruntime.__version__}, torch "
-        f"{torch.__version__}, spikingjelly {sj}, Python {platform.python_version()}.  ",
+        f"Machine: 2-core shared CPU ({platform.processor() or platform.machine()}), no GPU; "
+        f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}, spikingjelly {sj}, "
+        f"Python {platform.python_version()}; load average at the end "
+        f"{os.getloadavg()[0]:.1f}.  ",
         "Timing: median of interleaved rounds (each round runs every method once, after a "
-        "warm-up run), milliseconds per full inference of T steps. Networks: 28x28x1 input, "
-        "random weights, thresholds calibrated on uniform noise (VGG-like: 4 conv + 2 "
-        "max pools + 2 FC; ResNet-like: stem + 3 residual blocks, one strided, GAP + FC).",
-        "", "## Time (ms)", ""] + _fmt_table(rows) + [
-        "", "Agreement of the predicted class with ort multi (same SNN; SJ's float ops "
-        "differ in order, x/theta then threshold 1):", ""]
-    for r in rows:
-        lines.append(f"- {r['kind']} T={r['T']} b={r['batch']}: " + ", ".join(
-            f"{k} {v:.3f}" for k, v in r["agree"].items()))
-    lines += ["", "## Peak memory, batch 64 (MiB; subprocess per config)", "",
+        "warm-up run), milliseconds (wall clock) per full inference of T steps; every "
+        "onnxruntime form's logits are compared with the Scan model's (listed below). "
+        "`CPU time`: ratios of median process CPU times (1 thread only; less disturbed by "
+        "other processes on a shared machine than wall clock). "
+        "Networks: 28x28x1 input, random weights, thresholds calibrated on uniform noise "
+        "(VGG-like: 4 conv + 2 max pools + 2 FC; ResNet-like: stem + 3 residual blocks, one "
+        "strided, GAP + FC).", "", "## Time (ms)", ""] + _fmt_table(rows)
+    if "sj" in methods:
+        lines += ["", "Agreement of SJ's predicted class with the onnxruntime SNN (same SNN; "
+                  "SJ's float ops differ in order, x/theta then threshold 1):", ""]
+        lines += [f"- {r['kind']} T={r['T']} b={r['batch']} threads={r['threads']}: "
+                  f"{r['agree'].get('sj', float('nan')):.3f}" for r in rows if "sj" in r["agree"]]
+    lines += ["", "Bit-identical logits to the Scan model (else: max relative difference, "
+              "and predicted-class agreement):", ""]
+    lines += [f"- {r['kind']} T={r['T']} b={r['batch']} threads={r['threads']}: "
+              + ", ".join(_exactness(r, m) for m in r["rel_diff"] if m != "scan") for r in rows]
+    lines += ["", "## Peak memory, batch 64, 1 thread (MiB; subprocess per config)", "",
               "Peak = VmHWM (peak RSS) of the whole process (imports included: torch for SJ); "
               "growth = peak minus the RSS after loading the model.", "",
-              "| net | T | multi peak | multi growth | stream peak | stream growth | "
-              "T x ANN peak | SJ peak | SJ growth | multi/stream growth |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| net | T | " + " | ".join(f"{m} peak / growth" for m in methods) + " |",
+              "|---|---|" + "---|" * len(methods)]
     for r in mem_rows:
         m = r["mem"]
-        lines.append(
-            f"| {r['kind']} | {r['T']} | {m['ort multi']['peak']:.0f} | "
-            f"{m['ort multi']['growth']:.0f} | {m['ort stream']['peak']:.0f} | "
-            f"{m['ort stream']['growth']:.0f} | {m['T x ANN']['peak']:.0f} | "
-            f"{m['sj']['peak']:.0f} | {m['sj']['growth']:.0f} | "
-            f"{m['ort multi']['growth'] / max(m['ort stream']['growth'], 1):.1f} |")
-    lines += ["", "## onnxruntime profile of the multi-step SNN (T=8, batch 64), kernel time "
-              "share by op", ""]
-    for kind, shares in prof.items():
-        lines.append(f"- {kind}: " + ", ".join(f"{op} {s:.1%}" for op, s in shares[:10]))
+        lines.append(f"| {r['kind']} | {r['T']} | " + " | ".join(
+            f"{m[k]['peak']:.0f} / {m[k]['growth']:.0f}" for k in methods) + " |")
+    lines += ["", "## onnxruntime profile (T=8, batch 64, 1 thread), kernel time share by op",
+              ""]
+    for (kind, form), shares in prof.items():
+        lines.append(f"- {kind} {form}: " + ", ".join(f"{op} {s:.1%}" for op, s in shares[:10]))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
+    path.with_suffix(".json").write_text(json.dumps({"rows": rows, "memory": mem_rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -37,9 +37,14 @@ from onnx_rmpe.cli.report import print_calibration, print_snn_report
               show_default=True, help="One initial potential per neuron or per channel.")
 @click.option("--rmpe-sweeps", default=1, show_default=True, type=int,
               help="Front-to-back calibration sweeps.")
-@click.option("--mode", type=click.Choice(["multistep", "streaming"]), default="multistep",
-              show_default=True, help="All T steps per call, or one step per call with the "
-                                      "membrane potentials as state inputs/outputs.")
+@click.option("--mode", type=click.Choice(["multistep", "streaming", "chunked", "unrolled"]),
+              default="multistep", show_default=True,
+              help="All T steps per call; one step per call with the membrane potentials as "
+                   "state inputs/outputs; --chunk K steps per call with the state carried; or "
+                   "all T steps per call with the network written out step after step.")
+@click.option("--chunk", type=int, default=None,
+              help="Steps per call of --mode chunked (must divide T) [default: the largest "
+                   "that fits --max-memory at --batch-size].")
 @click.option("--finetune-data", type=click.Path(dir_okay=False, path_type=Path),
               help="Labelled training data (.npz with x, y): run QCFS fine-tuning first "
                    "(stage 1, needs onnx-rmpe[torch]).")
@@ -58,7 +63,8 @@ from onnx_rmpe.cli.report import print_calibration, print_snn_report
 @json_option
 def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, levels: int | None,
                 percentile: float, calib_samples: int, rmpe: bool, rmpe_granularity: str,
-                rmpe_sweeps: int, mode: str, finetune_data: Path | None, epochs: int,
+                rmpe_sweeps: int, mode: str, chunk: int | None,
+                finetune_data: Path | None, epochs: int,
                 lr: float, seed: int, save_qcfs: Path | None, report_dir: Path | None,
                 batch_size: int, threads: int | None, device: str, max_memory: int | None,
                 json_path: Path | None) -> None:
@@ -71,9 +77,10 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
     result = convert(model, T=T, calib=calib, output=output, levels=levels,
                      percentile=percentile, calib_samples=calib_samples, batch_size=batch_size,
                      rmpe=rmpe, rmpe_granularity=rmpe_granularity, rmpe_sweeps=rmpe_sweeps,
-                     mode=mode, finetune_data=finetune_data, epochs=epochs, finetune_lr=lr,
-                     seed=seed, save_qcfs=save_qcfs, threads=threads, device=device,
-                     max_memory=max_memory, progress=not quiet(), report_dir=report_dir)
+                     mode=mode, chunk=chunk, finetune_data=finetune_data, epochs=epochs,
+                     finetune_lr=lr, seed=seed, save_qcfs=save_qcfs, threads=threads,
+                     device=device, max_memory=max_memory, progress=not quiet(),
+                     report_dir=report_dir)
     click.echo(f"converted {model}: {len(result.thresholds)} spiking layer(s), T={T}, "
                f"L={result.levels}, RMPE {'on' if result.calibration else 'off'}, {mode}")
     if result.calibration is not None:

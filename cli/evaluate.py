@@ -26,11 +26,15 @@ from onnx_rmpe.cli.report import print_accuracy, print_snn_report
 @click.option("--T", "steps", default=None,
               help="SNN steps to report, comma-separated (default: every step).")
 @click.option("--samples", default=None, type=int, help="Use only the first N samples.")
+@click.option("--unroll/--no-unroll", default=None,
+              help="Run a multi-step SNN network-unrolled (same outputs, faster) [default: "
+                   "when T <= 64].")
 @runtime_options
 @report_options
 @json_option
 def evaluate_cmd(model: Path, data: Path, steps: str | None, samples: int | None,
-                 batch_size: int, threads: int | None, device: str, max_memory: int | None,
+                 unroll: bool | None, batch_size: int, threads: int | None, device: str,
+                 max_memory: int | None,
                  report_dir: Path | None, qcfs: Path | None, ann: Path | None,
                  energy_mac: float, energy_ac: float,
                  json_path: Path | None) -> None:
@@ -56,7 +60,7 @@ def evaluate_cmd(model: Path, data: Path, steps: str | None, samples: int | None
         return
     result = evaluate(model, data, steps=parse_steps(steps), batch_size=batch_size,
                       samples=samples, threads=threads, device=device, max_memory=max_memory,
-                      progress=not quiet())
+                      unroll=unroll, progress=not quiet())
     print_accuracy(result)
     click.echo(f"accuracy: {result.accuracy:.4f}")
     write_json(json_path, result.as_dict())

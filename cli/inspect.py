@@ -32,7 +32,9 @@ def inspect_cmd(model: Path, json_path: Path | None) -> None:
         click.echo(f"  T={meta.get('onnx_rmpe.T', '?')} L={meta.get('onnx_rmpe.levels', '?')} "
                    f"RMPE={meta.get('onnx_rmpe.rmpe', '?')}")
     label = {"snn": "spiking layers", "qcfs": "QCFS layers", "ann": "convertible activations",
-             "snn-streaming": "state inputs (one step per call; defaults = initial state)"}
+             "snn-streaming": "state inputs (one step per call; defaults = initial state)",
+             "snn-chunked": "state inputs (k steps per call; defaults = initial state)",
+             "snn-unrolled": "spiking layers (listed in the multi-step form)"}
     click.echo(f"  {label[info.kind]}: {len(info.layers)}")
     for layer in info.layers:
         extra = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"

@@ -39,7 +39,7 @@ from onnx_rmpe.passes.qcfs_to_if import qcfs_to_if
 from onnx_rmpe.passes.recognize_qcfs import recognize_qcfs
 from onnx_rmpe.passes.relu_to_qcfs import activation_sites, qcfs_nodes, relu_to_qcfs
 from onnx_rmpe.passes.support import check_supported
-from onnx_rmpe.runtime.memory import plan_batch
+from onnx_rmpe.runtime.memory import default_budget, plan_batch
 from onnx_rmpe.runtime.neurons import DEFAULT_PHI
 from onnx_rmpe.runtime.session import Device
 from onnx_rmpe.runtime.statistics import positive_percentiles
@@ -47,7 +47,7 @@ from onnx_rmpe.runtime.streaming import snn_to_streaming
 
 logger = logging.getLogger(__name__)
 
-MODES = ("multistep", "streaming")
+MODES = ("multistep", "streaming", "chunked", "unrolled")
 #: QCFS levels of a ReLU model when none are given (a trained QCFS model keeps its own).
 DEFAULT_LEVELS = 8
 
@@ -167,9 +167,14 @@ def _usable(value: float, site) -> float:
     return fallback
 
 
-def qcfs_to_snn(qcfs: onnx.ModelProto, *, T: int, phi: float = DEFAULT_PHI) -> onnx.ModelProto:
-    """The multi-step SNN of a QCFS model (uncalibrated: ``v_init = 0``)."""
-    graph = run_passes(to_graph(qcfs), [("qcfs_to_if", lambda g: qcfs_to_if(g, T=T, phi=phi))])
+def qcfs_to_snn(qcfs: onnx.ModelProto, *, T: int, phi: float = DEFAULT_PHI,
+                form: str | None = None) -> onnx.ModelProto:
+    """The multi-step SNN of a QCFS model (uncalibrated: ``v_init = 0``).
+
+    ``form``: the IF body (``unrolled``/``scan``; default by T), same spikes either way.
+    """
+    graph = run_passes(to_graph(qcfs), [
+        ("qcfs_to_if", lambda g: qcfs_to_if(g, T=T, phi=phi, form=form))])
     meta = get_metadata(qcfs)
     meta.update({"onnx_rmpe.kind": "snn", "onnx_rmpe.T": str(T), "onnx_rmpe.phi": str(phi),
                  "onnx_rmpe.rmpe": "none"})
@@ -181,7 +186,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
             percentile: float = 99.9,
             calib_samples: int | None = 512, batch_size: int = 128, rmpe: bool = True,
             rmpe_granularity: str = "neuron", rmpe_sweeps: int = 1,
-            mode: str = "multistep", finetune_data=None, epochs: int = 3,
+            mode: str = "multistep", chunk: int | None = None,
+            finetune_data=None, epochs: int = 3,
             finetune_lr: float = 1e-3, seed: int = 0,
             save_qcfs: str | os.PathLike | None = None,
             threads: int | None = None, device: Device = "cpu",
@@ -194,7 +200,11 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     are used) gives the QCFS thresholds of ReLU layers and the RMPE calibration; a model
     that is already QCFS needs it only for RMPE (``rmpe=False`` skips it). ``mode`` is
     ``multistep`` (all T steps in one call) or ``streaming`` (one step per call, membrane
-    potentials as state inputs/outputs; see :mod:`onnx_rmpe.runtime.streaming`).
+    potentials as state inputs/outputs; see :mod:`onnx_rmpe.runtime.streaming`) or
+    ``chunked`` (``chunk`` steps per call with the state carried, see
+    :mod:`onnx_rmpe.forms`; without ``chunk``, the largest divisor of T whose activations
+    at batch ``batch_size`` fit ``max_memory``) or ``unrolled`` (the network written
+    T times over, one step after the other; same inputs and outputs as multistep).
     ``finetune_data`` (labelled) runs stage 1 first: QCFS fine-tuning for ``epochs`` epochs
     (:func:`onnx_rmpe.finetune.finetune`, needs torch); its first ``calib_samples`` inputs
     calibrate RMPE when ``calib`` is not given. ``output`` (if
@@ -261,6 +271,12 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
                             threads=threads, device=device, progress=progress)
     if mode == "streaming":
         snn = snn_to_streaming(snn)
+    elif mode == "chunked":
+        snn = _chunked(qcfs, snn, T, chunk, max_memory, batch_size)
+    elif mode == "unrolled":
+        from onnx_rmpe.forms import snn_to_unrolled
+
+        snn = snn_to_unrolled(snn)
     result = ConversionResult(snn, qcfs, T, levels, thresholds, calibration=calibration,
                               report=snn_report)
     written = save_models([(qcfs, save_qcfs, "save_qcfs"), (snn, output, "output")])
@@ -273,6 +289,16 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     logger.info("converted %s: %d spiking layer(s), T=%d, L=%d in %.1fs", source,
                 len(thresholds), T, levels, result.seconds)
     return result
+
+
+def _chunked(qcfs: onnx.ModelProto, snn: onnx.ModelProto, T: int, chunk: int | None,
+             max_memory: int | None, batch_size: int) -> onnx.ModelProto:
+    from onnx_rmpe.forms import chunk_for_budget, snn_to_chunked
+
+    if chunk is None:
+        budget = default_budget() if max_memory is None else max_memory
+        chunk = chunk_for_budget(qcfs, T=T, batch=batch_size, budget_mb=budget / 2**20)
+    return snn_to_chunked(qcfs, snn, chunk=chunk)
 
 
 __all__ = ["ConversionResult", "build_qcfs", "convert", "qcfs_to_snn"]

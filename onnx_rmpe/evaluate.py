@@ -45,12 +45,15 @@ def evaluate(model: str | os.PathLike | onnx.ModelProto, data, *,
              steps: list[int] | None = None, batch_size: int = 256, samples: int | None = None,
              threads: int | None = None, device: Device = "cpu",
              providers: Sequence[str] | None = None, max_memory: int | None = None,
+             unroll: bool | None = None,
              progress: bool = False) -> EvaluationResult:
     """Accuracy of ``model`` on labelled ``data`` (path, ``(x, y)`` or Dataset).
 
     For an SNN, the accuracy after each step comes from its ``<output>_per_step`` output;
     ``steps`` selects which steps to report (default: all). ``max_memory`` (bytes; default
-    half the available memory) bounds the batch size.
+    half the available memory) bounds the batch size. ``unroll`` runs a multi-step
+    SNN in its network-unrolled form (:func:`onnx_rmpe.forms.snn_to_unrolled`: the same
+    outputs bit for bit, faster in benchmarks/runtime.py); default: when T <= 64.
     """
     device = list(providers) if providers else device
     start = time.perf_counter()
@@ -62,9 +65,13 @@ def evaluate(model: str | os.PathLike | onnx.ModelProto, data, *,
     check_fits(ds, proto)
     check_labels(ds, _classes(proto))
     kind = model_kind(proto)
-    if kind != "snn-streaming":
+    if kind not in ("snn-streaming", "snn-chunked"):
         batch_size = plan_batch(proto, batch_size, max_memory, what=f"the {kind.upper()}")
-    predict, provider = _predictor(proto, kind, threads=threads, device=device)
+    if kind == "snn" and _should_unroll(proto, unroll):
+        from onnx_rmpe.forms import snn_to_unrolled
+
+        proto = snn_to_unrolled(proto)
+    predict, provider = _predictor(proto, model_kind(proto), threads=threads, device=device)
     ds.x = ds.x.astype(_input_dtype(proto), copy=False)
     counter = AccuracyCounter()
     with progress_bar(progress, "evaluate") as bar:
@@ -97,10 +104,22 @@ def _input_dtype(proto: onnx.ModelProto) -> np.dtype:
     return onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type or 1)
 
 
+UNROLL_MAX_T = 64
+
+
+def _should_unroll(proto: onnx.ModelProto, unroll: bool | None) -> bool:
+    T = int(get_metadata(proto).get("onnx_rmpe.T", 0))
+    if unroll is None:
+        return 1 <= T <= UNROLL_MAX_T
+    if unroll and T < 1:
+        raise OptionError("unroll", "the SNN has no 'onnx_rmpe.T' metadata; convert it again")
+    return unroll
+
+
 def _predictor(proto: onnx.ModelProto, kind: str, *, threads: int | None, device: str):
     """A function from a batch of inputs to logits (``[T, N, K]`` for an SNN), and the
     provider that runs it."""
-    if kind == "snn-streaming":
+    if kind in ("snn-streaming", "snn-chunked"):
         from onnx_rmpe.runtime.streaming import StreamingRunner
 
         T = int(get_metadata(proto).get("onnx_rmpe.T", 0))
@@ -111,7 +130,7 @@ def _predictor(proto: onnx.ModelProto, kind: str, *, threads: int | None, device
     session = make_session(proto, threads=threads, device=device)
     outputs = [o.name for o in session.get_outputs()]
     wanted = outputs[0]
-    if kind == "snn":
+    if kind in ("snn", "snn-unrolled"):
         wanted = outputs[0] + PER_STEP_SUFFIX
         if wanted not in outputs:
             raise ConversionError(f"SNN has no output '{wanted}' (per-step logits)")

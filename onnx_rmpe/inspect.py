@@ -73,7 +73,9 @@ def inspect_model(model: str | os.PathLike | onnx.ModelProto) -> ModelInfo:
     if kind == "snn":
         info.layers = _snn_layers(proto)
         return info
-    if kind == "snn-streaming":
+    if kind == "snn-unrolled":  # the network written T times: no layer list to show
+        return info
+    if kind in ("snn-streaming", "snn-chunked"):
         info.layers = [{"node": name, "op": "state", "shape": dims}
                        for name, dims in _value_infos(i for i in proto.graph.input
                                                       if i.name in inits)]

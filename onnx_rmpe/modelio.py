@@ -284,14 +284,23 @@ def is_streaming(model: onnx.ModelProto) -> bool:
     return get_metadata(model).get("onnx_rmpe.kind") == "snn-streaming"
 
 
+def is_chunked(model: onnx.ModelProto) -> bool:
+    """A chunked SNN (k steps per call, state carried between calls)."""
+    return get_metadata(model).get("onnx_rmpe.kind") == "snn-chunked"
+
+
 def is_qcfs(model: onnx.ModelProto) -> bool:
     return uses_op(model, QCFS_OP) and not is_snn(model)
 
 
 def model_kind(model: onnx.ModelProto) -> str:
-    """``snn-streaming``, ``snn``, ``qcfs`` or ``ann``."""
+    """``snn-streaming``, ``snn-chunked``, ``snn-unrolled``, ``snn``, ``qcfs`` or ``ann``."""
     if is_streaming(model):
         return "snn-streaming"
+    if is_chunked(model):
+        return "snn-chunked"
+    if get_metadata(model).get("onnx_rmpe.kind") == "snn-unrolled":
+        return "snn-unrolled"
     if is_snn(model):
         return "snn"
     return "qcfs" if is_qcfs(model) else "ann"

@@ -61,11 +61,11 @@ class StreamingError(ConversionError):
                          "with this version of onnx-rmpe and stream the new SNN")
 
 
-class _Step:
-    """Adds one-step nodes and state inputs/outputs to a graph."""
+class StateBuilder:
+    """Adds one-step nodes and state inputs/outputs to a graph (shared by the chunked form)."""
 
-    def __init__(self, graph: gs.Graph) -> None:
-        self.graph, self.fresh = graph, Names(graph)
+    def __init__(self, graph: gs.Graph, names: Names | None = None) -> None:
+        self.graph, self.fresh = graph, names or Names(graph)
         self.states: list[gs.Tensor] = []
         self.nexts: list[gs.Variable] = []
 
@@ -101,7 +101,7 @@ def to_streaming(graph: gs.Graph) -> PassResult:
     if not neurons:
         return PassResult(graph, False)
     T = int(neurons[0].attrs.get("T", 1))
-    st = _Step(graph)
+    st = StateBuilder(graph)
     outputs = _readouts(st)
     pools = [_pool(st, n) for n in list(graph.nodes) if n.op in ("MaxPool", "GlobalMaxPool")]
     _untile(graph, T)
@@ -118,7 +118,7 @@ def to_streaming(graph: gs.Graph) -> PassResult:
     return PassResult(graph, True)
 
 
-def _if_step(st: _Step, node: gs.Node) -> None:
+def _if_step(st: StateBuilder, node: gs.Node) -> None:
     x, theta, v_init = node.inputs[:3]
     theta_v, v_init_v = const_value(theta), const_value(v_init)
     if theta_v is None or v_init_v is None:
@@ -154,7 +154,7 @@ def _producer(t: gs.Tensor, op: str) -> gs.Node | None:
     return node if node is not None and node.op == op else None
 
 
-def _pool(st: _Step, pool: gs.Node) -> int:
+def _pool(st: StateBuilder, pool: gs.Node) -> int:
     """The cumulative form ``Reshape(CumSum(split(x)))`` -> MaxPool -> differences."""
     flat = _producer(pool.inputs[0], "Reshape")
     cum = _producer(flat.inputs[0], "CumSum") if flat is not None else None
@@ -180,7 +180,7 @@ def _pool(st: _Step, pool: gs.Node) -> int:
     return 1
 
 
-def _readouts(st: _Step) -> list[gs.Variable]:
+def _readouts(st: StateBuilder) -> list[gs.Variable]:
     """Replace each ``<y>`` / ``<y>_per_step`` pair by the running mean and this step's value."""
     graph = st.graph
     by_name = {t.name: t for t in graph.outputs}

@@ -131,6 +131,35 @@ def test_streaming_mode_matches_multistep(files):
     assert "state inputs" in r.output and ".v (state)" in r.output
 
 
+def test_chunked_and_unrolled_modes_match_multistep(files):
+    d = files
+    runs = {"multistep": [], "chunked": ["--chunk", 2], "unrolled": [],
+            "budget": ["--mode", "chunked", "--max-memory", "1000M"]}
+    for name, extra in runs.items():
+        mode = ["--mode", name] if name != "budget" else []
+        r = invoke("convert", d / "net.onnx", "--T", 4, "--calib", d / "calib.npz", *mode,
+                   *extra, "-o", d / f"{name}.onnx")
+        assert r.exit_code == 0, r.output
+        r = invoke("evaluate", d / f"{name}.onnx", "--data", d / "test.npz", "--json",
+                   d / f"{name}.json")
+        assert r.exit_code == 0, r.output
+    got = {n: json.loads((d / f"{n}.json").read_text()) for n in runs}
+    assert got["chunked"]["kind"] == "snn-chunked" and got["unrolled"]["kind"] == "snn-unrolled"
+    for name in runs:  # the same spikes (up to rounding, tests/test_forms.py): same accuracy
+        assert got[name]["T"] == 4
+        np.testing.assert_allclose(got[name]["accuracy_per_step"],
+                                   got["multistep"]["accuracy_per_step"], atol=0.02)
+    meta = {p.key: p.value for p in onnx.load(str(d / "budget.onnx")).metadata_props}
+    assert meta["onnx_rmpe.chunk"] == "4"  # a large budget: the whole T in one call
+    r = invoke("convert", d / "net.onnx", "--T", 4, "--calib", d / "calib.npz", "--mode",
+               "chunked", "--chunk", 3, "-o", d / "bad.onnx")
+    assert r.exit_code == 1 and "--chunk" in r.output and not (d / "bad.onnx").exists()
+    r = invoke("inspect", d / "chunked.onnx")
+    assert r.exit_code == 0 and "k steps per call" in r.output
+    r = invoke("inspect", d / "unrolled.onnx")
+    assert r.exit_code == 0 and "SNN-UNROLLED" in r.output and "T=4" in r.output
+
+
 def test_convert_with_finetuning_in_one_command(files):
     d = files
     r = invoke("convert", d / "net.onnx", "--T", 2, "--finetune-data", d / "calib.npz",

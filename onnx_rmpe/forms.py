@@ -1,0 +1,125 @@
+"""Inference forms of a multi-step SNN: chunked (k steps per call) and network-unrolled.
+
+**Chunked**: ``k`` time steps per call, state carried, memory ``k / T`` of multi-step.
+
+The multi-step SNN holds the activations of all ``T`` steps at once (time is merged into
+the batch); the streaming SNN holds one step but pays one session call per step. The
+chunked SNN sits between them: each call runs ``k`` steps (time merged into the batch as
+in the multi-step form, so every linear op still runs once per call on ``[k*N, ...]``) and
+returns the state the next call starts from (``<layer>.v``, ``<pool>.sum``/``.prev``,
+``<y>.sum``, ``step``; the names of the streaming form). ``T / k`` calls give exactly the
+multi-step model's per-step outputs and spikes (bit for bit, see
+:mod:`onnx_rmpe.passes.qcfs_to_if`). Run it with
+:class:`onnx_rmpe.runtime.streaming.StreamingRunner`, which reads ``k`` from the metadata.
+
+:func:`chunk_for_budget` picks ``k`` from a memory budget: the largest divisor of ``T``
+whose estimated activation memory (every intermediate tensor of one step, times ``k`` and
+the batch) fits.
+
+**Unrolled** (:func:`snn_to_unrolled`): the streaming step written ``T`` times into one
+graph (:mod:`onnx_rmpe.passes.unroll_steps`): the multi-step model's inputs and outputs,
+each layer on ``[N, ...]`` per step (no tensor of T steps), bit-identical outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnx_rmpe.errors import OptionError
+from onnx_rmpe.modelio import default_opset, get_metadata, infer_shapes, to_graph, to_model
+from onnx_rmpe.passes.base import run_passes
+from onnx_rmpe.passes.qcfs_to_if import qcfs_to_if
+from onnx_rmpe.passes.streaming import to_streaming
+from onnx_rmpe.passes.unroll_steps import unroll_steps
+from onnx_rmpe.runtime.neurons import DEFAULT_PHI, DOMAIN, IF_OP
+from onnx_rmpe.runtime.streaming import batch_state_shapes
+
+logger = logging.getLogger(__name__)
+
+CHUNK_KEY = "onnx_rmpe.chunk"
+
+
+def start_potentials(snn: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """``v(0) = phi * theta + v_init`` of every IF layer of a multi-step SNN, in float32."""
+    inits = {i.name: i for i in snn.graph.initializer}
+    starts = {}
+    for node in snn.graph.node:
+        if node.domain != DOMAIN or node.op_type != IF_OP:
+            continue
+        phi = next((a.f for a in node.attribute if a.name == "phi"), DEFAULT_PHI)
+        theta = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        v_init = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)
+        starts[node.name] = theta * np.float32(phi) + v_init  # the IF function's order
+    return starts
+
+
+def snn_to_chunked(qcfs: onnx.ModelProto, snn: onnx.ModelProto, *, chunk: int,
+                   form: str | None = None) -> onnx.ModelProto:
+    """The chunked form (``chunk`` steps per call) of the multi-step ``snn`` made from ``qcfs``.
+
+    The (RMPE-calibrated) start potentials come from ``snn``; ``chunk`` must divide its T.
+    ``form`` is the IF body (``unrolled``/``scan``, default by ``chunk``).
+    """
+    meta = get_metadata(snn)
+    T = int(meta.get("onnx_rmpe.T", 0))
+    if chunk < 1 or T < 1 or T % chunk:
+        raise OptionError("--chunk", f"must divide T={T} (steps per call), got {chunk}")
+    phi = float(meta.get("onnx_rmpe.phi", DEFAULT_PHI))
+    graph = run_passes(to_graph(qcfs), [
+        ("qcfs_to_if", lambda g: qcfs_to_if(g, T=chunk, phi=phi, chunk=True, form=form))])
+    starts = start_potentials(snn)
+    for tensor in graph.inputs:
+        layer = tensor.name.removesuffix(".v")
+        if tensor.name.endswith(".v") and layer in starts:
+            tensor.values = starts[layer]
+    meta.update({"onnx_rmpe.kind": "snn-chunked", CHUNK_KEY: str(chunk)})
+    model = to_model(graph, opset=default_opset(snn), metadata=meta)
+    logger.info("chunked form: %d steps per call, %d call(s) for T=%d", chunk, T // chunk, T)
+    return batch_state_shapes(model)
+
+
+def snn_to_unrolled(snn: onnx.ModelProto) -> onnx.ModelProto:
+    """The network-unrolled form of a multi-step SNN (same inputs, outputs and values)."""
+    meta = get_metadata(snn)
+    T = int(meta.get("onnx_rmpe.T", 0))
+    if T < 1:
+        raise OptionError("model", "the SNN has no 'onnx_rmpe.T' metadata; convert it again")
+    graph = run_passes(to_graph(snn), [("to_streaming", to_streaming),
+                                       ("unroll_steps", lambda g: unroll_steps(g, T=T))])
+    meta["onnx_rmpe.kind"] = "snn-unrolled"
+    return to_model(graph, opset=default_opset(snn), metadata=meta)
+
+
+def step_bytes_per_sample(model: onnx.ModelProto) -> int:
+    """Bytes of all float intermediate tensors of one sample and one step (an upper bound
+    on what one step of the SNN keeps alive; onnxruntime reuses buffers below it)."""
+    inferred = infer_shapes(onnx.ModelProto.FromString(model.SerializeToString()))
+    total = 0
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        t = vi.type.tensor_type
+        if t.elem_type != onnx.TensorProto.FLOAT or not t.HasField("shape"):
+            continue
+        dims = [d.dim_value for d in t.shape.dim[1:]]
+        if all(d > 0 for d in dims):
+            total += 4 * int(np.prod(dims, dtype=np.int64))
+    return total
+
+
+def chunk_for_budget(qcfs: onnx.ModelProto, *, T: int, batch: int, budget_mb: float) -> int:
+    """The largest divisor ``k`` of ``T`` with ``k * batch * step_bytes <= budget_mb``."""
+    per_step = step_bytes_per_sample(qcfs) * batch
+    fits = [k for k in range(1, T + 1) if T % k == 0 and k * per_step <= budget_mb * 2**20]
+    if not fits:
+        raise OptionError("max_memory", f"{budget_mb:g} MiB is below one step at batch "
+                                             f"{batch} ({per_step / 2**20:.1f} MiB)")
+    logger.info("memory budget %.0f MiB: %d steps per call (%.1f MiB per step at batch %d)",
+                budget_mb, fits[-1], per_step / 2**20, batch)
+    return fits[-1]
+
+
+__all__ = ["CHUNK_KEY", "chunk_for_budget", "snn_to_chunked", "snn_to_unrolled",
+           "start_potentials"]
