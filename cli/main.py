@@ -10,6 +10,7 @@ import click
 
 from onnx_rmpe import __version__
 from onnx_rmpe.errors import ConversionError
+from onnx_rmpe.logs import quiet_dependencies
 
 
 class RmpeGroup(click.Group):
@@ -39,6 +40,7 @@ def cli(verbose: int, quiet: bool) -> None:
                         stream=sys.stderr, force=True)
     if verbose == 0 and not quiet:
         logging.getLogger("onnx_rmpe").setLevel(logging.WARNING)
+    quiet_dependencies(verbose > 0)
 
 
 def _register() -> None:

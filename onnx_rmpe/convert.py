@@ -33,8 +33,10 @@ from onnx_rmpe.passes.fold_batchnorm import fold_batchnorm
 from onnx_rmpe.passes.maxpool_reorder import maxpool_reorder
 from onnx_rmpe.passes.normalize import normalize
 from onnx_rmpe.passes.qcfs_to_if import qcfs_to_if
+from onnx_rmpe.passes.readout import sink_readout
 from onnx_rmpe.passes.recognize_qcfs import recognize_qcfs
 from onnx_rmpe.passes.relu_to_qcfs import activation_sites, qcfs_nodes, relu_to_qcfs
+from onnx_rmpe.passes.simplify_ops import simplify_ops
 from onnx_rmpe.passes.support import check_supported
 from onnx_rmpe.runtime.neurons import DEFAULT_PHI
 from onnx_rmpe.runtime.session import Device
@@ -82,7 +84,8 @@ def build_qcfs(model: onnx.ModelProto, data: Dataset | None, *, levels: int = 8,
     """Normalize a (ReLU or QCFS) ANN and return the QCFS ANN with its thresholds."""
     prepared = prepare(model, source)
     graph = run_passes(to_graph(prepared), [
-        ("normalize", normalize), ("fold_batchnorm", fold_batchnorm),
+        ("normalize", normalize), ("simplify_ops", simplify_ops),
+        ("sink_readout", sink_readout), ("fold_batchnorm", fold_batchnorm),
         ("recognize_qcfs", recognize_qcfs), ("check_supported", check_supported),
     ])
     if len(graph.inputs) != 1:

@@ -22,9 +22,11 @@ from onnx_rmpe.modelio import (
 from onnx_rmpe.passes.base import run_passes
 from onnx_rmpe.passes.fold_batchnorm import fold_batchnorm
 from onnx_rmpe.passes.normalize import normalize
+from onnx_rmpe.passes.readout import sink_readout
 from onnx_rmpe.passes.recognize_qcfs import recognize_qcfs
 from onnx_rmpe.passes.relu_to_qcfs import activation_sites, qcfs_nodes
 from onnx_rmpe.passes.rmpe import if_nodes
+from onnx_rmpe.passes.simplify_ops import simplify_ops
 from onnx_rmpe.passes.support import find_blockers
 
 
@@ -75,7 +77,8 @@ def inspect_model(model: str | os.PathLike | onnx.ModelProto) -> ModelInfo:
         return info
     try:
         graph = run_passes(to_graph(prepare(proto, path)),
-                           [("normalize", normalize), ("fold_batchnorm", fold_batchnorm),
+                           [("normalize", normalize), ("simplify_ops", simplify_ops),
+                            ("sink_readout", sink_readout), ("fold_batchnorm", fold_batchnorm),
                             ("recognize_qcfs", recognize_qcfs)])
     except ConversionError as exc:
         info.blockers = [str(exc)]

@@ -18,6 +18,7 @@ import onnx_graphsurgeon as gs
 from onnx import version_converter
 
 from onnx_rmpe.errors import ModelLoadError
+from onnx_rmpe.logs import quiet_dependencies
 from onnx_rmpe.runtime.neurons import DOMAIN, DOMAIN_VERSION, IF_OP, QCFS_OP, function_for
 
 logger = logging.getLogger(__name__)
@@ -144,6 +145,7 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def prepare(model: onnx.ModelProto, path: str = "<model>") -> onnx.ModelProto:
     """Everything a loaded model needs before the passes: opset, batch, shapes."""
+    quiet_dependencies()
     model = onnx.ModelProto.FromString(model.SerializeToString())
     model = ensure_functions(model)
     model = normalize_opset(model, path)
