@@ -41,7 +41,8 @@ from onnx_rmpe.cli.report import print_calibration
               help="Fine-tuning learning rate (with --finetune-data).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--save-qcfs", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write the QCFS ANN (a valid ONNX model of its own).")
+              help="Also write the QCFS ANN (a valid ONNX model of its own) and, when RMPE "
+                   "calibrates against a finer ANN (T > L), that target as PATH.target.onnx.")
 @runtime_options
 @json_option
 def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, levels: int,
@@ -63,7 +64,10 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
     if result.calibration is not None:
         print_calibration(result.calibration)
     if result.qcfs_path:
-        click.echo(f"wrote QCFS ANN {result.qcfs_path}")
+        click.echo(f"wrote QCFS ANN (L={result.levels}, the SNN's thresholds) {result.qcfs_path}")
+    if result.target_path:
+        click.echo(f"wrote RMPE target ANN (the ANN the SNN was calibrated against) "
+                   f"{result.target_path}")
     click.echo(f"wrote SNN {result.output_path}")
     write_json(json_path, {"T": T, "levels": result.levels, "thresholds": result.thresholds,
                            "output": str(result.output_path),

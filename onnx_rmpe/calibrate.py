@@ -157,6 +157,7 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
         for sweep in range(sweeps):
             reports = _sweep(segs, ds, targets, v_inits, T, phi, granularity, batch_size,
                              threads, device, cache_dir, bar, sweep)
+    _warn_silent(reports)
     graph = to_graph(snn)
     set_initial_potentials(graph, v_inits=v_inits)
     meta = get_metadata(snn)
@@ -177,6 +178,16 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
     logger.info("RMPE calibration of %d layer(s) on %d samples, T=%d, %s: %.1fs", len(segs),
                 len(ds), T, result.provider, result.seconds)
     return result
+
+
+def _warn_silent(reports: list[LayerReport]) -> None:
+    """Warn about spiking layers that never fired on the calibration data."""
+    silent = [r.name for r in reports if r.firing_rate == 0.0]
+    if silent:
+        shown = ", ".join(silent[:5]) + (", ..." if len(silent) > 5 else "")
+        logger.warning("%d spiking layer(s) never fired on the calibration data (%s): every "
+                       "later layer sees no input from them; check the weights, the input "
+                       "scale and the thresholds", len(silent), shown)
 
 
 def _check(result: CalibrationResult, before: onnx.ModelProto, reference: onnx.ModelProto,

@@ -35,7 +35,12 @@ from onnx_rmpe.passes.normalize import normalize
 from onnx_rmpe.passes.qcfs_to_if import qcfs_to_if
 from onnx_rmpe.passes.readout import sink_readout
 from onnx_rmpe.passes.recognize_qcfs import recognize_qcfs
-from onnx_rmpe.passes.relu_to_qcfs import activation_sites, qcfs_nodes, relu_to_qcfs
+from onnx_rmpe.passes.relu_to_qcfs import (
+    activation_sites,
+    output_activations,
+    qcfs_nodes,
+    relu_to_qcfs,
+)
 from onnx_rmpe.passes.simplify_ops import simplify_ops
 from onnx_rmpe.passes.support import check_supported
 from onnx_rmpe.runtime.neurons import DEFAULT_PHI
@@ -59,6 +64,7 @@ class ConversionResult:
     thresholds: dict[str, float]
     output_path: Path | None = None
     qcfs_path: Path | None = None
+    target_path: Path | None = None
     calibration: CalibrationResult | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -93,6 +99,10 @@ def build_qcfs(model: onnx.ModelProto, data: Dataset | None, *, levels: int = 8,
         raise ConversionError(f"model '{source}' has {len(graph.inputs)} inputs ({names}); "
                               "onnx-rmpe converts models with exactly one (batch-first) input")
     sites = activation_sites(graph)
+    readout = output_activations(graph)
+    for name in readout:
+        logger.info("activation '%s' on a graph output is part of the readout: applied to "
+                    "the time-averaged outputs, not a spiking layer", name)
     trained = qcfs_nodes(graph)
     if trained:  # a fine-tuned QCFS model: its own L wins (one L per model)
         found = {int(n.attrs.get("levels", levels)) for n in trained}
@@ -123,17 +133,57 @@ def build_qcfs(model: onnx.ModelProto, data: Dataset | None, *, levels: int = 8,
     qcfs = to_model(graph, keep_shapes=True, metadata={
         **get_metadata(prepared), "onnx_rmpe.kind": "qcfs", "onnx_rmpe.version": __version__,
         "onnx_rmpe.levels": str(levels), "onnx_rmpe.percentile": str(percentile),
-        "onnx_rmpe.thresholds_from": "percentile" if sites else "training"})
+        "onnx_rmpe.thresholds_from": "percentile" if sites else "training",
+        **({"onnx_rmpe.readout_activations": ",".join(readout)} if readout else {})})
     return qcfs, thresholds
+
+
+#: Thresholds outside this range are reported: usually uninitialised or constant weights.
+SANE_THRESHOLDS = (1e-6, 1e6)
 
 
 def _usable(value: float, site) -> float:
     if np.isfinite(value) and value > 0:
+        low, high = SANE_THRESHOLDS
+        if not low <= value <= high:
+            logger.warning("activation '%s': threshold %.3g is outside [%g, %g]; are the "
+                           "weights real (not placeholders or constants)?", site.node, value,
+                           low, high)
         return value
     fallback = site.cap if site.cap is not None else 1.0
     logger.warning("activation '%s' never fired on the calibration data; threshold set to %g",
                    site.node, fallback)
     return fallback
+
+
+def target_path_for(path: str | os.PathLike) -> Path:
+    """Where ``--save-qcfs PATH`` writes the RMPE target ANN: ``PATH`` stem + ``.target.onnx``."""
+    path = Path(path)
+    return path.with_name(path.name.removesuffix(".onnx") + ".target.onnx")
+
+
+def _save_anns(qcfs: onnx.ModelProto, calibration: CalibrationResult | None, levels: int,
+               path: str | os.PathLike) -> tuple[Path, Path | None]:
+    """Write the QCFS ANN (L levels) and, when RMPE aimed at another ANN, that target too.
+
+    RMPE calibrates post-training thresholds against the same network with ``max(L, T)``
+    levels; that ANN, not the L-level one, is what the SNN approximates for ``T > L``.
+    """
+    qcfs = onnx.ModelProto.FromString(qcfs.SerializeToString())
+    set_metadata(qcfs, "onnx_rmpe.role", f"QCFS ANN, L={levels} (thresholds of the SNN)")
+    target_levels = None
+    if calibration is not None:
+        found = get_metadata(calibration.snn).get("onnx_rmpe.rmpe_target_levels")
+        target_levels = int(found) if found else None
+    target = None
+    if target_levels is not None and target_levels != levels:
+        target = qcfs_with_levels(qcfs, target_levels)
+        set_metadata(target, "onnx_rmpe.levels", str(target_levels))
+        set_metadata(target, "onnx_rmpe.role", f"RMPE target: QCFS ANN, L={target_levels} "
+                                               "(the ANN the SNN was calibrated against)")
+    saved = save_model(qcfs, path)
+    target_file = save_model(target, target_path_for(path)) if target is not None else None
+    return saved, target_file
 
 
 def qcfs_to_snn(qcfs: onnx.ModelProto, *, T: int, phi: float = DEFAULT_PHI) -> onnx.ModelProto:
@@ -212,7 +262,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
         snn = snn_to_streaming(snn)
     result = ConversionResult(snn, qcfs, T, levels, thresholds, calibration=calibration)
     if save_qcfs is not None:
-        result.qcfs_path = save_model(qcfs, save_qcfs)
+        result.qcfs_path, result.target_path = _save_anns(qcfs, calibration, levels, save_qcfs)
     if output is not None:
         result.output_path = save_model(snn, output)
     result.seconds = time.perf_counter() - start

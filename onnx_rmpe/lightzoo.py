@@ -32,7 +32,7 @@ from onnx import numpy_helper
 LIGHT_MODELS = ("bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50",
                 "shufflenet", "squeezenet", "vgg19", "zfnet512")
 #: Models whose shapes do not depend on the input size once the last pool is global.
-SIZE_FREE = ("densenet121", "inception_v2", "resnet50", "squeezenet")
+SIZE_FREE = ("densenet121", "inception_v2", "resnet50", "shufflenet", "squeezenet")
 
 
 def light_model_path(name: str) -> Path:
@@ -44,8 +44,12 @@ def light_model_path(name: str) -> Path:
 
 
 def light_model(name: str, *, size: int = 224, seed: int = 0, gain: float = 1.0,
-                residual_gain: float = 0.3) -> onnx.ModelProto:
-    """The light model ``name`` with random weights (see the module docstring)."""
+                residual_gain: float = 0.3, softmax: bool = True) -> onnx.ModelProto:
+    """The light model ``name`` with random weights (see the module docstring).
+
+    ``softmax=False`` drops the final Softmax: the output is the logits (for measuring how
+    far an SNN is from the ANN; probabilities of random networks saturate).
+    """
     if size != 224 and name not in SIZE_FREE:
         raise ValueError(f"light model '{name}' has shapes fixed to 224x224 inputs; "
                          f"other sizes work for {', '.join(SIZE_FREE)}")
@@ -84,6 +88,9 @@ def light_model(name: str, *, size: int = 224, seed: int = 0, gain: float = 1.0,
     del graph.input[:]
     graph.input.extend(inputs)
     model.ir_version = max(model.ir_version, 7)
+    if not softmax:
+        _drop_softmax(graph)
+    _free_batch(model)
     if size != 224:
         _resize(model, size)
     onnx.checker.check_model(model)
@@ -129,17 +136,53 @@ def _ends_branch(bn: onnx.NodeProto, consumers) -> bool:
                for n, _ in consumers.get(bn.output[0], []))
 
 
+def _drop_softmax(graph: onnx.GraphProto) -> None:
+    last = graph.node[len(graph.node) - 1]
+    if last.op_type != "Softmax" or last.output[0] != graph.output[0].name:
+        return
+    for node in graph.node:
+        for i, name in enumerate(node.output):
+            if name == last.input[0]:
+                node.output[i] = last.output[0]
+    graph.node.remove(last)
+
+
+def _free_batch(model: onnx.ModelProto) -> None:
+    """A symbolic batch ``N`` on the input and outputs; Reshape targets ``[1, ...]`` -> ``-1``."""
+    graph = model.graph
+    for vi in list(graph.input) + list(graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if dims:
+            dims[0].Clear()
+            dims[0].dim_param = "N"
+    shapes = {n.input[1] for n in graph.node if n.op_type == "Reshape"}
+    for i, init in enumerate(graph.initializer):
+        if init.name in shapes:
+            value = numpy_helper.to_array(init).copy()
+            if value.ndim == 1 and value.size and value[0] == 1:
+                value[0] = -1
+                graph.initializer[i].CopyFrom(numpy_helper.from_array(value, init.name))
+    del graph.value_info[:]
+
+
 def _resize(model: onnx.ModelProto, size: int) -> None:
     graph = model.graph
     dims = graph.input[0].type.tensor_type.shape.dim
     dims[2].dim_value = dims[3].dim_value = size
+    if size % 32:
+        raise ValueError(f"size must be a multiple of 32 (the last stage stride), got {size}")
+    shapes = {n.input[1] for n in graph.node if n.op_type == "Reshape"}
+    for i, init in enumerate(graph.initializer):  # channel shuffles: [N, g, c, H, W]
+        value = numpy_helper.to_array(init)
+        if init.name in shapes and value.ndim == 1 and value.size in (4, 5):
+            value = value.copy()
+            value[-2:] = value[-2:] * size // 224
+            graph.initializer[i].CopyFrom(numpy_helper.from_array(value, init.name))
     pools = [n for n in graph.node if n.op_type == "AveragePool"]
     if pools and list(_attr(pools[-1], "kernel_shape")) == [7, 7]:
         last = pools[-1]
         last.op_type = "GlobalAveragePool"
         del last.attribute[:]
-    for vi in graph.output:
-        vi.type.tensor_type.shape.Clear()
 
 
 def _attr(node: onnx.NodeProto, name: str):

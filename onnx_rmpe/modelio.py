@@ -101,14 +101,47 @@ def normalize_opset(model: onnx.ModelProto, path: str = "<model>") -> onnx.Model
     if MIN_OPSET <= opset <= MAX_OPSET:
         return model
     target = MIN_OPSET if opset < MIN_OPSET else MAX_OPSET
-    logger.info("converting opset %d to %d", opset, target)
+    logger.info("converting opset %d to %d (onnx.version_converter)", opset, target)
     custom = [n for n in model.graph.node if n.domain == DOMAIN]
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{i}"
     try:
         if custom:  # the version converter does not know our domain: convert around it
-            return _convert_with_custom(model, target)
-        return version_converter.convert_version(model, target)
+            converted = _convert_with_custom(model, target)
+        else:
+            converted = version_converter.convert_version(model, target)
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(path, f"cannot convert opset {opset} to {target}: {exc}") from None
+    _name_upgrade_nodes(converted)
+    return converted
+
+
+def _name_upgrade_nodes(model: onnx.ModelProto) -> None:
+    """Name the nodes the version converter added after the user's node they serve.
+
+    Every node of the user's model is named before the upgrade, so an unnamed node is one
+    the upgrade wrote: ``<user node>/upgrade_<op>``, after the named node that reads its
+    output or writes its input, so that messages point at a node the user knows.
+    """
+    nodes = list(model.graph.node)
+    writer = {o: n for n in nodes for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in nodes:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    for node in nodes:
+        if node.name:
+            continue
+        near = [r for o in node.output for r in readers.get(o, []) if r.name]
+        near += [writer[i] for i in node.input if i in writer and writer[i].name]
+        base = near[0].name if near else "graph"
+        node.name = f"{base}/upgrade_{node.op_type}"
+    seen: set[str] = set()
+    for i, node in enumerate(nodes):
+        if node.name in seen:
+            node.name = f"{node.name}_{i}"
+        seen.add(node.name)
 
 
 def _convert_with_custom(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
