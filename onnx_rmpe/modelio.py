@@ -177,13 +177,65 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def prepare(model: onnx.ModelProto, path: str = "<model>") -> onnx.ModelProto:
-    """Everything a loaded model needs before the passes: opset, batch, shapes."""
+    """Everything a loaded model needs before the passes: opset, batch, shapes.
+
+    The opset upgrade and shape inference serialize the model several times; they run on
+    a copy whose large weights are stubs (name, type and shape only, see
+    :func:`_detach_weights`), and the weights are put back at the end.
+    """
     quiet_dependencies()
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    model, weights = _detach_weights(model)
     model = ensure_functions(model)
     model = normalize_opset(model, path)
     model = set_symbolic_batch(model)
-    return infer_shapes(model)
+    model = infer_shapes(model)
+    _attach_weights(model, weights)
+    return model
+
+
+#: Initializers at least this large travel as stubs through upgrade and shape inference.
+DETACH_BYTES = 1 << 16
+_STUB = "onnx_rmpe-detached-weight"
+
+
+def _detach_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
+    """A copy of ``model`` whose large initializers are external-data stubs, and the weights.
+
+    A stub keeps name, type and dims (all that shape inference and the version converter
+    read of a weight); small initializers (shapes, axes, scalars) stay as they are.
+    """
+    graph = model.graph
+    weights = {t.name: t for t in graph.initializer
+               if t.data_location != onnx.TensorProto.EXTERNAL and _nbytes(t) >= DETACH_BYTES}
+    kept = list(graph.initializer)
+    del graph.initializer[:]
+    try:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+    finally:
+        graph.initializer.extend(kept)
+    for t in kept:
+        if t.name in weights:
+            stub = onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims,
+                                    data_location=onnx.TensorProto.EXTERNAL)
+            stub.external_data.add(key="location", value=_STUB)
+            copy.graph.initializer.append(stub)
+        else:
+            copy.graph.initializer.append(t)
+    return copy, weights
+
+
+def _attach_weights(model: onnx.ModelProto, weights: dict) -> None:
+    for t in model.graph.initializer:
+        if t.name in weights and t.data_location == onnx.TensorProto.EXTERNAL:
+            t.CopyFrom(weights[t.name])
+
+
+def _nbytes(t: onnx.TensorProto) -> int:
+    if t.raw_data:
+        return len(t.raw_data)
+    return 4 * (len(t.float_data) + len(t.int32_data)) + 8 * (len(t.int64_data)
+                                                              + len(t.double_data))
 
 
 def to_graph(model: onnx.ModelProto) -> gs.Graph:
