@@ -30,6 +30,7 @@ from onnx_rmpe.modelio import (
 )
 from onnx_rmpe.passes.base import run_passes
 from onnx_rmpe.passes.fold_batchnorm import fold_batchnorm
+from onnx_rmpe.passes.fold_batchnorm_forward import fold_batchnorm_forward
 from onnx_rmpe.passes.maxpool_reorder import maxpool_reorder
 from onnx_rmpe.passes.normalize import normalize
 from onnx_rmpe.passes.qcfs_to_if import qcfs_to_if
@@ -92,6 +93,7 @@ def build_qcfs(model: onnx.ModelProto, data: Dataset | None, *, levels: int = 8,
     graph = run_passes(to_graph(prepared), [
         ("normalize", normalize), ("simplify_ops", simplify_ops),
         ("sink_readout", sink_readout), ("fold_batchnorm", fold_batchnorm),
+        ("fold_batchnorm_forward", fold_batchnorm_forward),
         ("recognize_qcfs", recognize_qcfs), ("check_supported", check_supported),
     ])
     if len(graph.inputs) != 1:

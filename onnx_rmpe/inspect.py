@@ -21,6 +21,7 @@ from onnx_rmpe.modelio import (
 )
 from onnx_rmpe.passes.base import run_passes
 from onnx_rmpe.passes.fold_batchnorm import fold_batchnorm
+from onnx_rmpe.passes.fold_batchnorm_forward import fold_batchnorm_forward
 from onnx_rmpe.passes.normalize import normalize
 from onnx_rmpe.passes.readout import sink_readout
 from onnx_rmpe.passes.recognize_qcfs import recognize_qcfs
@@ -79,6 +80,7 @@ def inspect_model(model: str | os.PathLike | onnx.ModelProto) -> ModelInfo:
         graph = run_passes(to_graph(prepare(proto, path)),
                            [("normalize", normalize), ("simplify_ops", simplify_ops),
                             ("sink_readout", sink_readout), ("fold_batchnorm", fold_batchnorm),
+                            ("fold_batchnorm_forward", fold_batchnorm_forward),
                             ("recognize_qcfs", recognize_qcfs)])
     except ConversionError as exc:
         info.blockers = [str(exc)]

@@ -63,7 +63,7 @@ def test_light_model_with_softmax_converts_with_rmpe():
 
 
 def test_lrn_refused_with_the_fix_and_shown_by_inspect():
-    model = light_model("bvlc_alexnet")
+    model = light_model("inception_v1")
     with pytest.raises(UnsupportedOpError) as err:
         build_qcfs(model, Dataset(np.zeros((1, 3, 224, 224), np.float32)))
     text = str(err.value)
@@ -203,3 +203,160 @@ def test_relu_on_output_is_readout(rng, caplog):
     np.testing.assert_allclose(got, np.maximum(logits, 0), atol=1e-5)
     np.testing.assert_allclose(per_step, np.maximum(logits_steps, 0), atol=1e-5)
     assert (got > 0).any() and (logits < 0).any()
+
+
+def _bn_params(rng, c: int, prefix: str) -> list:
+    return [(f"{prefix}g", rng.uniform(0.5, 1.5, c).astype(np.float32)),
+            (f"{prefix}b", rng.normal(0, 0.3, c).astype(np.float32)),
+            (f"{prefix}m", rng.normal(0, 0.3, c).astype(np.float32)),
+            (f"{prefix}v", rng.uniform(0.5, 1.5, c).astype(np.float32))]
+
+
+def _bn_after_relu(rng):
+    """Conv -> Relu -> BN -> Conv(1x1, no padding) -> Relu -> GAP -> Flatten -> Gemm."""
+    mid = ([helper.make_node("BatchNormalization", ["a", "bng", "bnb", "bnm", "bnv"], ["m"],
+                             name="bn_after_relu")], _bn_params(rng, 4, "bn"))
+    inits = [("fc", rng.normal(0, 0.5, (4, 3)).astype(np.float32))]
+    tail = [helper.make_node("Relu", ["c2"], ["r2"]),
+            helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
+            helper.make_node("Flatten", ["g"], ["f"]),
+            helper.make_node("Gemm", ["f", "fc"], ["y"])]
+    return _conv_net(rng, tail, inits, ["N", 3], mid=mid)
+
+
+def _bn_before_gemm(rng, trans_b: int):
+    """x[N,6] -> Gemm -> Relu -> BN -> Gemm(transB) -> y[N,3]."""
+    w2 = rng.normal(0, 0.6, (3, 8) if trans_b else (8, 3)).astype(np.float32)
+    inits = [("w1", rng.normal(0, 0.6, (6, 8)).astype(np.float32)), ("w2", w2),
+             ("c2", np.array([0.1, 0.2, -0.1], np.float32))] + _bn_params(rng, 8, "bn")
+    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["a"], name="relu1"),
+             helper.make_node("BatchNormalization", ["a", "bng", "bnb", "bnm", "bnv"], ["n"],
+                              name="bn_after_relu"),
+             helper.make_node("Gemm", ["n", "w2", "c2"], ["y"], name="fc2", transB=trans_b,
+                              alpha=0.5, beta=2.0)]
+    return make_model(nodes, [vi("x", ["N", 6])], [vi("y", ["N", 3])], inits)
+
+
+@pytest.mark.parametrize("kind", ["conv", "gemm", "gemm_transB"])
+def test_batchnorm_after_relu_folds_forward(kind, rng):
+    from onnx_rmpe.passes.fold_batchnorm_forward import fold_batchnorm_forward
+    model = _bn_after_relu(rng) if kind == "conv" else _bn_before_gemm(rng, int(kind != "gemm"))
+    graph, changed = fold_batchnorm_forward(_graph_of(model))
+    assert changed and "BatchNormalization" not in [n.op for n in graph.nodes]
+    shape = (5, 2, 6, 6) if kind == "conv" else (5, 6)
+    assert_numerically_equal(model, to_model(graph), rng.normal(size=shape).astype(np.float32),
+                             atol=1e-4)
+
+
+def test_batchnorm_before_padded_conv_stays_and_runs_on_spikes(rng):
+    """BN -> Conv(pad 1) is not folded (the border would change); the SNN runs it on
+    spikes, exact in the rate domain: its error to the clip ANN falls with T."""
+    from onnx_rmpe.passes.fold_batchnorm_forward import fold_batchnorm_forward
+    inits = [("w3", rng.normal(0, 0.4, (4, 4, 3, 3)).astype(np.float32)),
+             ("fc", rng.normal(0, 0.5, (4, 3)).astype(np.float32))] + _bn_params(rng, 4, "bn")
+    tail = [helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+            helper.make_node("BatchNormalization", ["r2", "bng", "bnb", "bnm", "bnv"], ["n2"],
+                             name="bn_after_relu"),
+            helper.make_node("Conv", ["n2", "w3"], ["c3"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c3"], ["r3"]),
+            helper.make_node("GlobalAveragePool", ["r3"], ["g"]),
+            helper.make_node("Flatten", ["g"], ["f"]),
+            helper.make_node("Gemm", ["f", "fc"], ["y"])]
+    model = _conv_net(rng, tail, inits, ["N", 3])
+    graph, changed = fold_batchnorm_forward(_graph_of(model))
+    assert not changed and "BatchNormalization" in [n.op for n in graph.nodes]
+    x = rng.normal(size=(64, 2, 6, 6)).astype(np.float32)
+    err2, err64 = _rel_errors(model, x, 64, (2, 64))
+    assert err64 < 0.3 * err2 and err64 < 0.1, (err2, err64)
+
+
+def test_per_channel_mul_add_on_spikes(rng):
+    """Mul/Add by per-channel constants after a ReLU (tf2onnx's BatchNormalization) run on
+    spikes: the SNN's error to the clip ANN falls with T."""
+    mid = ([helper.make_node("Mul", ["a", "scale"], ["ms"], name="bn_mul"),
+            helper.make_node("Add", ["ms", "shift"], ["m"], name="bn_add")],
+           [("scale", rng.uniform(0.5, 1.5, (1, 4, 1, 1)).astype(np.float32)),
+            ("shift", rng.normal(0, 0.3, (1, 4, 1, 1)).astype(np.float32))])
+    inits = [("fc", rng.normal(0, 0.5, (4, 3)).astype(np.float32))]
+    tail = [helper.make_node("Relu", ["c2"], ["r2"]),
+            helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
+            helper.make_node("Flatten", ["g"], ["f"]),
+            helper.make_node("Gemm", ["f", "fc"], ["y"])]
+    model = _conv_net(rng, tail, inits, ["N", 3], mid=mid)
+    x = rng.normal(size=(64, 2, 6, 6)).astype(np.float32)
+    err2, err64 = _rel_errors(model, x, 64, (2, 64))
+    assert err64 < 0.3 * err2 and err64 < 0.1, (err2, err64)
+
+
+def test_thresholds_do_not_depend_on_batch_size(rng):
+    model = _relu_head(np.random.default_rng(3), False)
+    x = rng.normal(size=(200, 6)).astype(np.float32)
+    small = build_qcfs(model, Dataset(x), batch_size=7)[1]
+    large = build_qcfs(model, Dataset(x), batch_size=200)[1]
+    assert small.keys() == large.keys()
+    for name in small:
+        assert small[name] == pytest.approx(large[name], rel=1e-5)
+
+
+def test_save_qcfs_writes_the_rmpe_target_too(rng, tmp_path):
+    from onnx_rmpe.modelio import get_metadata, load_model
+    x = rng.normal(size=(32, 6)).astype(np.float32)
+    result = convert(_relu_head(np.random.default_rng(3), False), T=16, calib=x, levels=4,
+                     save_qcfs=tmp_path / "ann.qcfs.onnx", threads=1)
+    assert result.qcfs_path == tmp_path / "ann.qcfs.onnx"
+    assert result.target_path == tmp_path / "ann.qcfs.target.onnx"
+    qcfs, target = load_model(result.qcfs_path), load_model(result.target_path)
+    assert "L=4" in get_metadata(qcfs)["onnx_rmpe.role"]
+    assert "RMPE target" in get_metadata(target)["onnx_rmpe.role"]
+    assert get_metadata(target)["onnx_rmpe.levels"] == "16"
+    levels = {a.i for n in target.graph.node for a in n.attribute if a.name == "levels"}
+    assert levels == {16}
+
+
+def test_absurd_thresholds_and_silent_layers_warn(rng, caplog):
+    model = _relu_head(np.random.default_rng(3), False)
+    for init in model.graph.initializer:
+        if init.name == "w1":
+            init.CopyFrom(onnx.numpy_helper.from_array(
+                onnx.numpy_helper.to_array(init) * np.float32(1e8), "w1"))
+    x = rng.normal(size=(32, 6)).astype(np.float32)
+    with caplog.at_level(logging.WARNING, logger="onnx_rmpe"):
+        build_qcfs(model, Dataset(x))
+    assert any("relu1" in r.getMessage() and "outside" in r.getMessage()
+               for r in caplog.records)
+    from onnx_rmpe.calibrate import LayerReport, _warn_silent
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="onnx_rmpe"):
+        _warn_silent([LayerReport("quiet_layer", 8, 0.1, 0.1, 0.0, 0.0),
+                      LayerReport("busy_layer", 8, 0.1, 0.1, 0.2, 0.0)])
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert "quiet_layer" in text and "busy_layer" not in text
+
+
+def test_third_party_loggers_quiet_unless_verbose(capfd):
+    from onnx_graphsurgeon.logger import G_LOGGER
+
+    from onnx_rmpe.logs import quiet_dependencies
+    try:
+        quiet_dependencies(False)
+        G_LOGGER.warning("graphsurgeon says hello")
+        assert "graphsurgeon says hello" not in "".join(capfd.readouterr())
+        quiet_dependencies(True)
+        G_LOGGER.warning("graphsurgeon says hello")
+        assert "graphsurgeon says hello" in "".join(capfd.readouterr())
+    finally:
+        quiet_dependencies(False)
+
+
+def test_spike_cache_round_trip_in_bits(tmp_path):
+    from onnx_rmpe.runtime.spike_cache import SpikeStore
+    store = SpikeStore(str(tmp_path))
+    spikes = np.random.default_rng(0).random((4, 10, 3, 5, 5)) < 0.3
+    cache = store.new(spikes.shape)
+    cache[:, 0:6] = spikes[:, 0:6]
+    cache[:, 6:10] = spikes[:, 6:10]
+    np.testing.assert_array_equal(cache[:, 2:9], spikes[:, 2:9])
+    assert store.peak_bytes == 4 * 10 * 10  # 75 bits per sample -> 10 bytes
+    store.free(cache)
+    assert store.live == 0 and not list(tmp_path.iterdir())
