@@ -9,7 +9,7 @@ blocker), seconds, peak RSS. Then the SNN's distance to the clip ANN at T = 4, 3
 ``|y_snn - y_ann| / |y_ann - mean class score|`` on the logits (final Softmax dropped;
 random deep nets are chaotic, so top-1 agreement means nothing), from the running output
 of one uncalibrated T=256 SNN, 4 inputs, at a reduced input size (``--dist-size``, 64) for
-the nets whose shapes allow it and 224 with 2 inputs for the others (at most T=32 there).
+the nets whose shapes allow it (not measured for the others).
 
 ``speed``: one model at 224x224 (``--model``, resnet50), T=4, ``--samples`` (64) random
 calibration inputs, 1 thread: full conversion time (thresholds, SNN, RMPE calibration, the
@@ -102,26 +102,29 @@ def distances(name: str, size: int, n: int, steps: tuple[int, ...]) -> list[floa
 def zoo(args) -> list[str]:
     from onnx_rmpe.lightzoo import LIGHT_MODELS, SIZE_FREE
 
-    rows = ["| model | outcome | T=4 s | T=4 peak RSS GiB | T=4 spike cache MiB | T=32 s | "
-            "T=32 peak RSS GiB | T=32 spike cache MiB | distance T=4 | T=32 | T=256 | "
-            "distance input |", "|---" * 12 + "|"]
+    steps = tuple(args.T)
+    rows = ["| model | outcome | " + " | ".join(
+        f"T={T} s | T={T} peak RSS GiB | T={T} spike cache MiB" for T in steps)
+        + " | distance T=4 | T=32 | T=256 | distance input |", "|---" * (6 + 3 * len(steps)) + "|"]
     for name in args.models or LIGHT_MODELS:
-        runs = {T: _isolated(_convert_child, name, T, args.samples) for T in (4, 32)}
+        runs = {T: _isolated(_convert_child, name, T, args.samples) for T in steps}
         print(name, json.dumps(runs), flush=True)
-        first = runs[4]
+        first = runs[steps[0]]
         if first["outcome"] != "converted":
             rows.append(f"| {name} | {first['outcome']}: {first.get('reason', '')} | "
-                        f"{first['seconds']} | {first['peak_rss_gib']} |" + " |" * 8)
+                        f"{first['seconds']} | {first['peak_rss_gib']} |"
+                        + " |" * (3 * len(steps) + 2))
             continue
         if name in SIZE_FREE:
             dist = distances(name, args.dist_size, 4, (4, 32, 256))
             where = f"{args.dist_size}x{args.dist_size}, 4 inputs"
         else:
-            dist = distances(name, 224, 2, (4, 32)) + [float("nan")]
-            where = "224x224, 2 inputs (T<=32)"
-        cells = [f"{runs[T][k]}" for T in (4, 32) for k in ("seconds", "peak_rss_gib", "cache_mib")]
-        rows.append(f"| {name} | converted ({first['layers']} spiking layers, RMPE "
-                    f"{first['rmpe']}/{runs[32].get('rmpe')}) | " + " | ".join(cells) + " | "
+            dist = [float("nan")] * 3
+            where = "not measured (shapes fixed to 224x224)"
+        cells = [f"{runs[T][k]}" for T in steps for k in ("seconds", "peak_rss_gib", "cache_mib")]
+        rmpe = "/".join(str(runs[T].get("rmpe")) for T in steps)
+        rows.append(f"| {name} | converted ({first['layers']} spiking layers, RMPE {rmpe}) | "
+                    + " | ".join(cells) + " | "
                     + " | ".join("n/a" if np.isnan(d) else f"{d:.3f}" for d in dist)
                     + f" | {where} |")
         print(rows[-1], flush=True)
@@ -161,6 +164,7 @@ def main() -> None:
     z = sub.add_parser("zoo")
     z.add_argument("--models", nargs="*")
     z.add_argument("--samples", type=int, default=16)
+    z.add_argument("--T", type=int, nargs="+", default=[4, 32])
     z.add_argument("--dist-size", type=int, default=64)
     s = sub.add_parser("speed")
     s.add_argument("--model", default="resnet50")

@@ -61,6 +61,9 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
                      seed=seed, save_qcfs=save_qcfs, threads=threads, device=device, progress=True)
     click.echo(f"converted {model}: {len(result.thresholds)} spiking layer(s), T={T}, "
                f"L={result.levels}, RMPE {'on' if result.calibration else 'off'}, {mode}")
+    if result.readout_activations:
+        click.echo(f"ReLU on the output ({', '.join(result.readout_activations)}): applied to "
+                   "the time-averaged outputs (readout), not a spiking layer")
     if result.calibration is not None:
         print_calibration(result.calibration)
     if result.qcfs_path:

@@ -69,6 +69,8 @@ class ConversionResult:
     calibration: CalibrationResult | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    #: ReLU-like nodes on a graph output, applied to the averaged outputs (not neurons).
+    readout_activations: list[str] = field(default_factory=list)
 
 
 def _check_options(T: int, levels: int, percentile: float, calib_samples: int | None,
@@ -263,6 +265,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     if mode == "streaming":
         snn = snn_to_streaming(snn)
     result = ConversionResult(snn, qcfs, T, levels, thresholds, calibration=calibration)
+    readout = get_metadata(qcfs).get("onnx_rmpe.readout_activations", "")
+    result.readout_activations = readout.split(",") if readout else []
     if save_qcfs is not None:
         result.qcfs_path, result.target_path = _save_anns(qcfs, calibration, levels, save_qcfs)
     if output is not None:

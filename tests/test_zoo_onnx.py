@@ -194,6 +194,7 @@ def test_relu_on_output_is_readout(rng, caplog):
         with_relu = convert(_relu_head(np.random.default_rng(5), True), T=4, calib=x,
                             rmpe=False)
     assert list(with_relu.thresholds) == ["relu1"]
+    assert with_relu.readout_activations == ["relu_out"]
     assert any("relu_out" in r.getMessage() and "readout" in r.getMessage()
                for r in caplog.records)
     plain = convert(_relu_head(np.random.default_rng(5), False), T=4, calib=x, rmpe=False)
@@ -360,3 +361,20 @@ def test_spike_cache_round_trip_in_bits(tmp_path):
     assert store.peak_bytes == 4 * 10 * 10  # 75 bits per sample -> 10 bytes
     store.free(cache)
     assert store.live == 0 and not list(tmp_path.iterdir())
+
+
+def test_cli_lrn_model_refused_in_one_line_and_inspected(tmp_path):
+    from click.testing import CliRunner
+
+    from onnx_rmpe.cli.main import cli
+    path = tmp_path / "inception_v1.onnx"
+    onnx.save(light_model("inception_v1"), str(path))
+    np.savez(tmp_path / "calib.npz", x=np.zeros((1, 3, 224, 224), np.float32))
+    out = tmp_path / "snn.onnx"
+    result = CliRunner().invoke(cli, ["convert", str(path), "--T", "4", "--calib",
+                                      str(tmp_path / "calib.npz"), "-o", str(out)])
+    assert result.exit_code == 1 and not out.exists()
+    assert "Traceback" not in result.output and "remove the LRN layers" in result.output
+    shown = CliRunner().invoke(cli, ["inspect", str(path)])
+    assert shown.exit_code == 0, shown.output
+    assert "blocks conversion: 2 node(s)" in shown.output and "(LRN)" in shown.output
