@@ -45,6 +45,15 @@ def _inputs(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 
 def _peak_rss_gib() -> float:
+    """Peak RSS of this process: VmHWM (ru_maxrss survives exec, so a spawned child would
+    report its parent's peak when that is higher)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
