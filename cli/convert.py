@@ -55,7 +55,8 @@ from onnx_rmpe.cli.report import print_calibration, print_snn_report
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Fine-tuning seed (with --finetune-data).")
 @click.option("--save-qcfs", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write the QCFS ANN (a valid ONNX model of its own).")
+              help="Also write the QCFS ANN (a valid ONNX model of its own) and, when RMPE "
+                   "calibrates against a finer ANN (T > L), that target as PATH.target.onnx.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Also write the SNN report (firing rates, SynOps, energy, plots) on the "
                    "calibration data into this folder.")
@@ -69,10 +70,12 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
                 batch_size: int, threads: int | None, device: str, max_memory: int | None,
                 json_path: Path | None) -> None:
     """Convert MODEL (an ONNX ReLU or QCFS network) into an IF-neuron SNN for T steps."""
-    from onnx_rmpe.convert import convert
+    from onnx_rmpe.convert import convert, target_path_for
 
     output = output or model.with_name(model.name.removesuffix(".onnx") + ".snn.onnx")
-    guard_outputs({"output": output, "save_qcfs": save_qcfs, "json_path": json_path},
+    guard_outputs({"output": output, "save_qcfs": save_qcfs, "json_path": json_path,
+                   "save_qcfs (target)":
+                       None if save_qcfs is None else target_path_for(save_qcfs)},
                   {"model": model, "calib": calib, "finetune_data": finetune_data})
     result = convert(model, T=T, calib=calib, output=output, levels=levels,
                      percentile=percentile, calib_samples=calib_samples, batch_size=batch_size,
@@ -83,11 +86,17 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
                      report_dir=report_dir)
     click.echo(f"converted {model}: {len(result.thresholds)} spiking layer(s), T={T}, "
                f"L={result.levels}, RMPE {'on' if result.calibration else 'off'}, {mode}")
+    if result.readout_activations:
+        click.echo(f"ReLU on the output ({', '.join(result.readout_activations)}): applied to "
+                   "the time-averaged outputs (readout), not a spiking layer")
     if result.calibration is not None:
         if not quiet():
             print_calibration(result.calibration)
     if result.qcfs_path:
-        click.echo(f"wrote QCFS ANN {result.qcfs_path}")
+        click.echo(f"wrote QCFS ANN (L={result.levels}, the SNN's thresholds) {result.qcfs_path}")
+    if result.target_path:
+        click.echo(f"wrote RMPE target ANN (the ANN the SNN was calibrated against) "
+                   f"{result.target_path}")
     click.echo(f"wrote SNN {result.output_path}")
     if result.report is not None and not quiet():
         print_snn_report(result.report)
@@ -95,4 +104,4 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
                            "output": str(result.output_path),
                            "calibration": result.calibration.as_dict()
                            if result.calibration else None},
-               written=(result.output_path, result.qcfs_path))
+               written=(result.output_path, result.qcfs_path, result.target_path))

@@ -23,12 +23,13 @@ def _flag(ctx: click.Context, option: str) -> str:
     cmd = ctx.command.get_command(ctx, ctx.invoked_subcommand or "") \
         if isinstance(ctx.command, click.Group) else ctx.command
     params = {p.name: p for p in getattr(cmd, "params", [])}
-    param = params.get(option) or params.get(API_TO_CLI.get(option, ""))
+    name, _, detail = option.partition(" ")  # e.g. "save_qcfs (target)"
+    param = params.get(name) or params.get(API_TO_CLI.get(name, ""))
     if param is None:
         return option
-    if isinstance(param, click.Argument):
-        return param.human_readable_name
-    return max(param.opts, key=len)
+    flag = param.human_readable_name if isinstance(param, click.Argument) \
+        else max(param.opts, key=len)
+    return f"{flag} {detail}".rstrip()
 
 
 def _message(ctx: click.Context, exc: ConversionError) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from onnx_rmpe.errors import OptionError
+from onnx_rmpe.logs import quiet_dependencies
 from onnx_rmpe.outputs import check_outputs, remove_quietly, write_text
 from onnx_rmpe.runtime.memory import parse_size
 
@@ -48,6 +49,7 @@ def set_log_level(ctx: click.Context) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr, force=True)
     logging.getLogger("onnx_rmpe").setLevel(level)
+    quiet_dependencies(verbose > 0)
     if verbose > 1:
         logging.getLogger().setLevel(logging.DEBUG)
 

@@ -14,6 +14,10 @@ For each IF layer ``l`` in topological order, with layers ``1..l-1`` already cal
    varies, as at T <= 2), and cache the layer's spikes (bool, on disk) for the layers
    that read them; drop caches no later layer needs.
 
+Spike caches hold one bit per spike (:mod:`onnx_rmpe.runtime.spike_cache`); a cache's
+file is deleted as soon as no later layer reads it, and the peak disk use is reported
+(``CalibrationResult.spike_cache_bytes``).
+
 Cost: one ANN pass, one pass of each segment (its input currents are kept for the second
 simulation, up to ``CURRENT_CACHE_BYTES`` for one layer at a time) and two neuron
 simulations per layer; memory:
@@ -57,6 +61,7 @@ from onnx_rmpe.runtime.neurons import DEFAULT_PHI, DOMAIN, IF_OP, QCFS_OP, if_re
 from onnx_rmpe.runtime.progress import progress_bar
 from onnx_rmpe.runtime.segments import Layer, Segment, segments
 from onnx_rmpe.runtime.session import Device, active_provider, batches, make_session
+from onnx_rmpe.runtime.spike_cache import SpikeStore
 from onnx_rmpe.runtime.statistics import expose_outputs
 
 logger = logging.getLogger(__name__)
@@ -94,9 +99,12 @@ class CalibrationResult:
     accepted: bool = True
     check: dict | None = None
     provider: str = ""
+    #: Peak disk use of the spike caches (bytes; one bit per spike, freed when unused).
+    spike_cache_bytes: int = 0
 
     def as_dict(self) -> dict:
         return {"T": self.T, "samples": self.samples, "seconds": round(self.seconds, 3),
+                "spike_cache_bytes": self.spike_cache_bytes,
                 "accepted": self.accepted, "check": self.check, "provider": self.provider,
                 "layers": [vars(layer) for layer in self.layers]}
 
@@ -165,14 +173,17 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
     v_inits = {s.layer.name: np.zeros((), np.float32) for s in segs}
     with tempfile.TemporaryDirectory(prefix=WORK_PREFIX) as cache_dir, \
             progress_bar(progress, "RMPE") as bar:
+        store = SpikeStore(cache_dir)
         for sweep in range(sweeps):
             reports = _sweep(segs, ds, targets, v_inits, T, phi, granularity, batch_size,
-                             threads, device, cache_dir, bar, sweep)
+                             threads, device, store, bar, sweep)
+    _warn_silent(reports)
     graph = to_graph(snn)
     set_initial_potentials(graph, v_inits=v_inits)
     meta = get_metadata(snn)
     out = to_model(graph, metadata=meta)
-    result = CalibrationResult(out, reports, T, len(ds), provider=provider)
+    result = CalibrationResult(out, reports, T, len(ds), provider=provider,
+                               spike_cache_bytes=store.peak_bytes)
     if check:
         out = _check(result, snn, reference or qcfs, ds, batch_size, threads, device)
     for key, value in {"onnx_rmpe.rmpe": "layerwise" if result.accepted else "rejected",
@@ -188,8 +199,9 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
     result.snn, result.seconds = out, time.perf_counter() - start
     if output is not None:
         result.output_path = save_model(out, output)
-    logger.info("RMPE calibration of %d layer(s) on %d samples, T=%d, %s: %.1fs", len(segs),
-                len(ds), T, result.provider, result.seconds)
+    logger.info("RMPE calibration of %d layer(s) on %d samples, T=%d, %s: %.1fs, spike caches "
+                "%.1f MiB on disk at the peak", len(segs), len(ds), T, result.provider,
+                result.seconds, result.spike_cache_bytes / 2**20)
     return result
 
 
@@ -202,6 +214,14 @@ def _check_kinds(snn: onnx.ModelProto, snn_name: str, qcfs: onnx.ModelProto,
         what = "an SNN" if is_snn(qcfs) else "not a QCFS ANN (it has no QCFS node)"
         raise ConversionError(f"the QCFS model '{qcfs_name}' is {what}; give the QCFS ANN the "
                               "SNN was converted from (`onnx-rmpe convert --save-qcfs`)")
+def _warn_silent(reports: list[LayerReport]) -> None:
+    """Warn about spiking layers that never fired on the calibration data."""
+    silent = [r.name for r in reports if r.firing_rate == 0.0]
+    if silent:
+        shown = ", ".join(silent[:5]) + (", ..." if len(silent) > 5 else "")
+        logger.warning("%d spiking layer(s) never fired on the calibration data (%s): every "
+                       "later layer sees no input from them; check the weights, the input "
+                       "scale and the thresholds", len(silent), shown)
 
 
 def _check(result: CalibrationResult, before: onnx.ModelProto, reference: onnx.ModelProto,
@@ -290,7 +310,7 @@ def _ann_means(qcfs: onnx.ModelProto, ds: Dataset, names: list[str], batch_size:
 
 
 def _sweep(segs: list[Segment], ds: Dataset, targets, v_inits, T, phi, granularity, batch_size,
-           threads, device, cache_dir, bar, sweep) -> list[LayerReport]:
+           threads, device, store, bar, sweep) -> list[LayerReport]:
     caches: dict[str, np.ndarray] = {}
     thetas = {s.layer.spikes: s.layer.theta for s in segs}
     last_use = {name: i for i, s in enumerate(segs) for name in s.spike_inputs}
@@ -302,7 +322,7 @@ def _sweep(segs: list[Segment], ds: Dataset, targets, v_inits, T, phi, granulari
         feed = _Feeder(seg, session, ds, caches, thetas, T,
                        store=lambda shape: _ram_cache((T, len(ds)) + shape, CURRENT_CACHE_BYTES))
         keep = last_use.get(layer.spikes, -1) > i
-        cache = (lambda shape: _new_cache(cache_dir, (T, len(ds)) + shape)) if keep else None
+        cache = (lambda shape: store.new((T, len(ds)) + shape)) if keep else None
         r_prev, spikes_prev = _simulate(feed, layer, v_prev, T, phi, batch_size, bar, task, cache)
         v_new = (v_prev + _granular(T * (target - r_prev), granularity)).astype(np.float32)
         r_new, spikes_new = _simulate(feed, layer, v_new, T, phi, batch_size, bar, task, cache)
@@ -314,13 +334,14 @@ def _sweep(segs: list[Segment], ds: Dataset, targets, v_inits, T, phi, granulari
         r_after = np.where(better, r_new, r_prev)
         if keep:
             caches[layer.spikes] = _merge(spikes_new, spikes_prev, better, batch_size)
+            store.free(spikes_prev)
         reports.append(LayerReport(layer.name, int(r_prev.size),
                                    float(np.abs(target - r_prev).mean()),
                                    float(np.abs(target - r_after).mean()),
                                    float(r_after.mean() / float(layer.theta)),
                                    float(np.abs(v_inits[layer.name]).mean())))
         for name in [n for n, last in last_use.items() if last == i and n in caches]:
-            del caches[name]
+            store.free(caches.pop(name))
         bar.remove_task(task)
     return reports
 
@@ -401,12 +422,6 @@ def _simulate(feed: _Feeder, layer: Layer, v_init: np.ndarray, T: int, phi: floa
         bar.advance(task, sl.stop - sl.start)
     feed.finish_pass()
     return total * float(layer.theta) / (T * len(feed.ds)), spikes_all
-
-
-def _new_cache(cache_dir: str, shape: tuple[int, ...]) -> np.ndarray:
-    """A memory-mapped boolean array in ``cache_dir``."""
-    path = os.path.join(cache_dir, f"{len(os.listdir(cache_dir))}.npy")
-    return np.lib.format.open_memmap(path, mode="w+", dtype=bool, shape=shape)
 
 
 def _ram_cache(shape: tuple[int, ...], limit: int) -> np.ndarray | None:

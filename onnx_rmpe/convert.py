@@ -33,11 +33,19 @@ from onnx_rmpe.modelio import (
 from onnx_rmpe.outputs import check_outputs
 from onnx_rmpe.passes.base import run_passes
 from onnx_rmpe.passes.fold_batchnorm import fold_batchnorm
+from onnx_rmpe.passes.fold_batchnorm_forward import fold_batchnorm_forward
 from onnx_rmpe.passes.maxpool_reorder import maxpool_reorder
 from onnx_rmpe.passes.normalize import normalize
 from onnx_rmpe.passes.qcfs_to_if import qcfs_to_if
+from onnx_rmpe.passes.readout import sink_readout
 from onnx_rmpe.passes.recognize_qcfs import recognize_qcfs
-from onnx_rmpe.passes.relu_to_qcfs import activation_sites, qcfs_nodes, relu_to_qcfs
+from onnx_rmpe.passes.relu_to_qcfs import (
+    activation_sites,
+    output_activations,
+    qcfs_nodes,
+    relu_to_qcfs,
+)
+from onnx_rmpe.passes.simplify_ops import simplify_ops
 from onnx_rmpe.passes.support import check_supported
 from onnx_rmpe.runtime.memory import default_budget, plan_batch
 from onnx_rmpe.runtime.neurons import DEFAULT_PHI
@@ -63,10 +71,13 @@ class ConversionResult:
     thresholds: dict[str, float]
     output_path: Path | None = None
     qcfs_path: Path | None = None
+    target_path: Path | None = None
     calibration: CalibrationResult | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     report: object | None = None  # ReportResult with report_dir (onnx_rmpe.report)
+    #: ReLU-like nodes on a graph output, applied to the averaged outputs (not neurons).
+    readout_activations: list[str] = field(default_factory=list)
 
 
 def _check_options(T, levels, percentile, calib_samples, batch_size, threads, mode,
@@ -110,7 +121,9 @@ def build_qcfs(model: onnx.ModelProto, data: Dataset | None, *, levels: int | No
     """Normalize a (ReLU or QCFS) ANN and return the QCFS ANN with its thresholds."""
     prepared = prepare(model, source)
     graph = run_passes(to_graph(prepared), [
-        ("normalize", normalize), ("fold_batchnorm", fold_batchnorm),
+        ("normalize", normalize), ("simplify_ops", simplify_ops),
+        ("sink_readout", sink_readout), ("fold_batchnorm", fold_batchnorm),
+        ("fold_batchnorm_forward", fold_batchnorm_forward),
         ("recognize_qcfs", recognize_qcfs), ("check_supported", check_supported),
     ])
     if len(graph.inputs) != 1:
@@ -118,6 +131,10 @@ def build_qcfs(model: onnx.ModelProto, data: Dataset | None, *, levels: int | No
         raise ConversionError(f"model '{source}' has {len(graph.inputs)} inputs ({names}); "
                               "onnx-rmpe converts models with exactly one (batch-first) input")
     sites = activation_sites(graph)
+    readout = output_activations(graph)
+    for name in readout:
+        logger.info("activation '%s' on a graph output is part of the readout: applied to "
+                    "the time-averaged outputs, not a spiking layer", name)
     trained = qcfs_nodes(graph)
     if trained:  # a fine-tuned QCFS model: its own L wins (one L per model)
         found = {int(n.attrs.get("levels", levels or DEFAULT_LEVELS)) for n in trained}
@@ -154,17 +171,56 @@ def build_qcfs(model: onnx.ModelProto, data: Dataset | None, *, levels: int | No
     qcfs = to_model(graph, keep_shapes=True, metadata={
         **get_metadata(prepared), "onnx_rmpe.kind": "qcfs", "onnx_rmpe.version": __version__,
         "onnx_rmpe.levels": str(levels), "onnx_rmpe.percentile": str(percentile),
-        "onnx_rmpe.thresholds_from": "percentile" if sites else "training"})
+        "onnx_rmpe.thresholds_from": "percentile" if sites else "training",
+        **({"onnx_rmpe.readout_activations": ",".join(readout)} if readout else {})})
     return qcfs, thresholds
+
+
+#: Thresholds outside this range are reported: usually uninitialised or constant weights.
+SANE_THRESHOLDS = (1e-6, 1e6)
 
 
 def _usable(value: float, site) -> float:
     if np.isfinite(value) and value > 0:
+        low, high = SANE_THRESHOLDS
+        if not low <= value <= high:
+            logger.warning("activation '%s': threshold %.3g is outside [%g, %g]; are the "
+                           "weights real (not placeholders or constants)?", site.node, value,
+                           low, high)
         return value
     fallback = site.cap if site.cap is not None else 1.0
     logger.warning("activation '%s' never fired on the calibration data; threshold set to %g",
                    site.node, fallback)
     return fallback
+
+
+def target_path_for(path: str | os.PathLike) -> Path:
+    """Where ``--save-qcfs PATH`` writes the RMPE target ANN: ``PATH`` stem + ``.target.onnx``."""
+    path = Path(path)
+    return path.with_name(path.name.removesuffix(".onnx") + ".target.onnx")
+
+
+def _anns_to_save(qcfs: onnx.ModelProto, calibration: CalibrationResult | None, levels: int,
+                  path: str | os.PathLike) -> list[tuple[onnx.ModelProto, Path, str]]:
+    """The QCFS ANN (L levels) and, when RMPE aimed at another ANN, that target too.
+
+    RMPE calibrates post-training thresholds against the same network with ``max(L, T)``
+    levels; that ANN, not the L-level one, is what the SNN approximates for ``T > L``.
+    """
+    qcfs = onnx.ModelProto.FromString(qcfs.SerializeToString())
+    set_metadata(qcfs, "onnx_rmpe.role", f"QCFS ANN, L={levels} (thresholds of the SNN)")
+    items = [(qcfs, Path(path), "save_qcfs")]
+    target_levels = None
+    if calibration is not None:
+        found = get_metadata(calibration.snn).get("onnx_rmpe.rmpe_target_levels")
+        target_levels = int(found) if found else None
+    if target_levels is not None and target_levels != levels:
+        target = qcfs_with_levels(qcfs, target_levels)
+        set_metadata(target, "onnx_rmpe.levels", str(target_levels))
+        set_metadata(target, "onnx_rmpe.role", f"RMPE target: QCFS ANN, L={target_levels} "
+                                               "(the ANN the SNN was calibrated against)")
+        items.append((target, target_path_for(path), "save_qcfs"))
+    return items
 
 
 def qcfs_to_snn(qcfs: onnx.ModelProto, *, T: int, phi: float = DEFAULT_PHI,
@@ -221,7 +277,9 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     device = list(providers) if providers else device
     start = time.perf_counter()
     _check_options(T, levels, percentile, calib_samples, batch_size, threads, mode, rmpe_sweeps)
-    check_outputs({"output": output, "save_qcfs": save_qcfs},
+    check_outputs({"output": output, "save_qcfs": save_qcfs,
+                   "save_qcfs (target)":
+                       None if save_qcfs is None else target_path_for(save_qcfs)},
                   {"model": model if not isinstance(model, onnx.ModelProto) else None,
                    "calib": calib if isinstance(calib, (str, os.PathLike)) else None,
                    "finetune_data": finetune_data
@@ -279,8 +337,14 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
         snn = snn_to_unrolled(snn)
     result = ConversionResult(snn, qcfs, T, levels, thresholds, calibration=calibration,
                               report=snn_report)
-    written = save_models([(qcfs, save_qcfs, "save_qcfs"), (snn, output, "output")])
-    result.qcfs_path, result.output_path = written
+    readout = get_metadata(qcfs).get("onnx_rmpe.readout_activations", "")
+    result.readout_activations = readout.split(",") if readout else []
+    anns = _anns_to_save(qcfs, calibration, levels, save_qcfs) if save_qcfs is not None else []
+    written = save_models([*anns, (snn, output, "output")])
+    result.output_path = written[-1]
+    if anns:
+        result.qcfs_path = written[0]
+        result.target_path = written[1] if len(anns) > 1 else None
     if snn_report is not None:
         from onnx_rmpe.report import write_report
 

@@ -17,6 +17,7 @@ import onnx_graphsurgeon as gs
 from onnx import version_converter
 
 from onnx_rmpe.errors import ModelLoadError
+from onnx_rmpe.logs import quiet_dependencies
 from onnx_rmpe.outputs import remove_quietly, write_bytes
 from onnx_rmpe.runtime.neurons import DOMAIN, DOMAIN_VERSION, IF_OP, QCFS_OP, function_for
 
@@ -138,14 +139,47 @@ def normalize_opset(model: onnx.ModelProto, path: str = "<model>") -> onnx.Model
         return model
     check_opset_known(model, path)
     target = MIN_OPSET if opset < MIN_OPSET else MAX_OPSET
-    logger.info("converting opset %d to %d", opset, target)
+    logger.info("converting opset %d to %d (onnx.version_converter)", opset, target)
     custom = [n for n in model.graph.node if n.domain == DOMAIN]
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{i}"
     try:
         if custom:  # the version converter does not know our domain: convert around it
-            return _convert_with_custom(model, target)
-        return version_converter.convert_version(model, target)
+            converted = _convert_with_custom(model, target)
+        else:
+            converted = version_converter.convert_version(model, target)
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(path, f"cannot convert opset {opset} to {target}: {exc}") from None
+    _name_upgrade_nodes(converted)
+    return converted
+
+
+def _name_upgrade_nodes(model: onnx.ModelProto) -> None:
+    """Name the nodes the version converter added after the user's node they serve.
+
+    Every node of the user's model is named before the upgrade, so an unnamed node is one
+    the upgrade wrote: ``<user node>/upgrade_<op>``, after the named node that reads its
+    output or writes its input, so that messages point at a node the user knows.
+    """
+    nodes = list(model.graph.node)
+    writer = {o: n for n in nodes for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in nodes:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    for node in nodes:
+        if node.name:
+            continue
+        near = [r for o in node.output for r in readers.get(o, []) if r.name]
+        near += [writer[i] for i in node.input if i in writer and writer[i].name]
+        base = near[0].name if near else "graph"
+        node.name = f"{base}/upgrade_{node.op_type}"
+    seen: set[str] = set()
+    for i, node in enumerate(nodes):
+        if node.name in seen:
+            node.name = f"{node.name}_{i}"
+        seen.add(node.name)
 
 
 def _convert_with_custom(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
@@ -197,13 +231,66 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def prepare(model: onnx.ModelProto, path: str = "<model>") -> onnx.ModelProto:
-    """Everything a loaded model needs before the passes: opset, batch, shapes."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    """Everything a loaded model needs before the passes: opset, batch, shapes.
+
+    The opset upgrade and shape inference serialize the model several times; they run on
+    a copy whose large weights are stubs (name, type and shape only, see
+    :func:`_detach_weights`), and the weights are put back at the end.
+    """
+    quiet_dependencies()
+    model, weights = _detach_weights(model)
     model = ensure_functions(model)
     model = normalize_opset(model, path)
     check_batch_first(model, path)
     model = set_symbolic_batch(model)
-    return infer_shapes(model)
+    model = infer_shapes(model)
+    _attach_weights(model, weights)
+    return model
+
+
+#: Initializers at least this large travel as stubs through upgrade and shape inference.
+DETACH_BYTES = 1 << 16
+_STUB = "onnx_rmpe-detached-weight"
+
+
+def _detach_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
+    """A copy of ``model`` whose large initializers are external-data stubs, and the weights.
+
+    A stub keeps name, type and dims (all that shape inference and the version converter
+    read of a weight); small initializers (shapes, axes, scalars) stay as they are.
+    """
+    graph = model.graph
+    weights = {t.name: t for t in graph.initializer
+               if t.data_location != onnx.TensorProto.EXTERNAL and _nbytes(t) >= DETACH_BYTES}
+    kept = list(graph.initializer)
+    del graph.initializer[:]
+    try:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+    finally:
+        graph.initializer.extend(kept)
+    for t in kept:
+        if t.name in weights:
+            stub = onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims,
+                                    data_location=onnx.TensorProto.EXTERNAL)
+            stub.external_data.add(key="location", value=_STUB)
+            copy.graph.initializer.append(stub)
+        else:
+            copy.graph.initializer.append(t)
+    return copy, weights
+
+
+def _attach_weights(model: onnx.ModelProto, weights: dict) -> None:
+    for t in model.graph.initializer:
+        if t.name in weights and t.data_location == onnx.TensorProto.EXTERNAL:
+            t.CopyFrom(weights[t.name])
+
+
+def _nbytes(t: onnx.TensorProto) -> int:
+    if t.raw_data:
+        return len(t.raw_data)
+    return 4 * (len(t.float_data) + len(t.int32_data)) + 8 * (len(t.int64_data)
+                                                              + len(t.double_data))
 
 
 def to_graph(model: onnx.ModelProto) -> gs.Graph:

@@ -246,11 +246,14 @@ def _readout(b: _Builder, temporal: set[str], tail: set[str]) -> None:
             mean, per_step = _time_average(b, src, y.name, rank)
         else:
             mean, per_step = src, _repeat_steps(b, src, y.name)
-        if head is not None:  # softmax-like readout: apply it to the averages
-            axis = int(head.attrs.get("axis", -1))
+        if head is not None:  # softmax-like or ReLU readout: apply it to the averages
+            attrs = dict(head.attrs)
+            if head.op in ("Softmax", "LogSoftmax"):
+                axis = int(attrs.get("axis", -1))
+                attrs["axis"] = axis + 1 if axis >= 0 else axis
             head.inputs[0] = mean
-            per_step = b.op(head.op, [per_step], f"{y.name}_per_step_readout",
-                            {"axis": axis + 1 if axis >= 0 else axis})
+            per_step = b.op(head.op, [per_step] + list(head.inputs[1:]),
+                            f"{y.name}_per_step_readout", attrs)
         elif src.name in temporal:  # the averaged tensor takes the output's name
             original, shape = y.name, y.shape
             y.name, y.shape = b.fresh(f"{original}_steps"), None

@@ -38,14 +38,30 @@ class ActivationSite:
 
 
 def activation_sites(graph: gs.Graph) -> list[ActivationSite]:
-    """Every ReLU-like node of the graph, in topological order (unnamed nodes get names)."""
+    """Every ReLU-like node of the graph, in topological order (unnamed nodes get names).
+
+    A ReLU-like node whose output is a graph output is not a site: it is part of the
+    readout (applied to the time-averaged outputs, see :func:`output_activations`).
+    """
     name_nodes(graph)
+    readout = set(output_activations(graph))
     sites = []
     for node in graph.toposort().nodes:
         site = _as_site(node)
-        if site is not None:
+        if site is not None and node.name not in readout:
             sites.append(site)
     return sites
+
+
+def output_activations(graph: gs.Graph) -> list[str]:
+    """Names of the ReLU-like nodes that produce a graph output (a ReLU on the logits)."""
+    found = []
+    for t in graph.outputs:
+        node = t.inputs[0] if t.inputs else None
+        if node is not None and not t.outputs and node.op in ("Relu", "Clip", "Max") \
+                and _as_site(node) is not None:
+            found.append(node.name)
+    return found
 
 
 def _as_site(node: gs.Node) -> ActivationSite | None:

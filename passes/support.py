@@ -33,6 +33,8 @@ MAX_POOL_OPS = frozenset({"MaxPool", "GlobalMaxPool"})
 ACTIVATION_OPS = frozenset({"Relu", "Clip", "Max"})
 #: Allowed only between the last layer and a graph output: applied to the averaged logits.
 READOUT_OPS = frozenset({"Softmax", "LogSoftmax"})
+#: A ReLU-like node producing a graph output is part of the readout, not a neuron layer.
+READOUT_ACTIVATIONS = frozenset({"Relu", "Clip", "Max"})
 #: Ops allowed on shape arithmetic (never on data).
 SHAPE_OPS = frozenset({
     "Shape", "Size", "Gather", "Cast", "Constant", "ConstantOfShape", "Range", "Equal",
@@ -62,6 +64,9 @@ NON_CONVERTIBLE = {
     "Loop": "dynamic control flow is not supported",
     "If": "dynamic control flow is not supported",
     "Scan": "dynamic control flow is not supported",
+    "LRN": "remove the LRN layers (or replace them by BatchNormalization), fine-tune or "
+           "re-train, and export again: local response normalization divides each "
+           "activation by its neighbours' squared activity, which an IF neuron cannot carry",
 }
 
 FUSED_FIX = ("the model was saved by onnxruntime with graph optimizations that fuse the "
@@ -91,9 +96,16 @@ def find_blockers(graph: gs.Graph) -> list[OffendingNode]:
 
 
 def readout_nodes(graph: gs.Graph) -> set[str]:
-    """Names of Softmax-like nodes whose output is a graph output: they run on the averages."""
+    """Names of the nodes applied to the time-averaged outputs, not per step.
+
+    Softmax-like nodes whose output is a graph output, and ReLU-like activations on a graph
+    output (a ReLU on the logits: as a spiking layer it would quantize the outputs to
+    ``T + 1`` levels and tie most of them at zero at small T).
+    """
     return {t.inputs[0].name for t in graph.outputs
-            if t.inputs and t.inputs[0].op in READOUT_OPS and len(t.outputs) == 0}
+            if t.inputs and len(t.outputs) == 0
+            and (t.inputs[0].op in READOUT_OPS
+                 or (t.inputs[0].op in READOUT_ACTIVATIONS and is_relu_like(t.inputs[0])))}
 
 
 def _check(node: gs.Node, data: list[gs.Tensor], kinds: dict[str, str],
@@ -119,7 +131,8 @@ def _check(node: gs.Node, data: list[gs.Tensor], kinds: dict[str, str],
         return f"{op} cannot become an integrate-and-fire neuron", NON_CONVERTIBLE[op]
     if op in READOUT_OPS:
         return ("", "") if is_readout else (
-            f"{op} is supported only right before a graph output", "")
+            f"{op} is supported only right before a graph output (shape-only ops such as "
+            "Reshape or Flatten may follow it)", "apply the softmax outside the model")
     if op not in SUPPORTED_OPS:
         return f"{op} is not supported in a spiking network", ""
     return _check_semantics(node, data)

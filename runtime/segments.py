@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnx_rmpe.modelio import to_graph, to_model
+from onnx_rmpe.modelio import ensure_functions, to_graph
 from onnx_rmpe.passes.rmpe import if_nodes
 
 
@@ -52,25 +52,60 @@ def snn_layers(graph: gs.Graph) -> list[Layer]:
 
 
 def segments(snn: onnx.ModelProto) -> list[Segment]:
-    """One segment per IF layer, in topological order."""
-    base = to_graph(snn)
-    layers = snn_layers(base)
-    graph_input = base.inputs[0].name
+    """One segment per IF layer, in topological order.
+
+    Each segment is cut out of the model's protobuf directly (a backward walk from the
+    layer's input current that stops at the graph input, initializers and the spike
+    outputs of IF layers), so building all segments costs about one copy of the weights,
+    not one copy of the whole graph per layer.
+    """
+    layers = snn_layers(to_graph(snn))
+    graph = snn.graph
+    graph_input = graph.input[0]
+    writer = {out: (i, node) for i, node in enumerate(graph.node) for out in node.output}
+    inits = {t.name: t for t in graph.initializer}
+    spikes = {layer.spikes for layer in layers}
     result = []
-    for i, layer in enumerate(layers):
-        graph = base.copy()
-        tensors = graph.tensors()
-        cut = [tensors[earlier.spikes] for earlier in layers[:i]]
-        for t in cut:
-            t.inputs.clear()
-            t.dtype, t.shape = np.float32, None
-        out = tensors[layer.current]
-        out.dtype = np.float32
-        graph.inputs = [tensors[graph_input]] + cut
-        graph.outputs = [out]
-        graph.cleanup(remove_unused_graph_inputs=True)
-        names = [t.name for t in graph.inputs]
-        model = to_model(graph)
-        result.append(Segment(layer, model, [n for n in names if n != graph_input],
-                              graph_input in names))
+    for layer in layers:
+        nodes, cut, weights, needs_input = _walk_back(layer.current, writer, inits, spikes,
+                                                      graph_input.name)
+        inputs = ([graph_input] if needs_input else []) + [
+            onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+            for name in cut]
+        outputs = [onnx.helper.make_tensor_value_info(layer.current, onnx.TensorProto.FLOAT,
+                                                      None)]
+        part = onnx.helper.make_graph([graph.node[i] for i in sorted(nodes)],
+                                      f"segment_{layer.name}", inputs, outputs,
+                                      [inits[name] for name in weights])
+        model = onnx.helper.make_model(part, opset_imports=list(snn.opset_import),
+                                       ir_version=snn.ir_version)
+        result.append(Segment(layer, ensure_functions(model), cut, needs_input))
     return result
+
+
+def _walk_back(start: str, writer, inits, spikes: set[str],
+               graph_input: str) -> tuple[set[int], list[str], list[str], bool]:
+    """Node indices computing ``start`` from the graph input, initializers and spikes."""
+    nodes: set[int] = set()
+    cut: list[str] = []
+    weights: list[str] = []
+    needs_input = False
+    seen: set[str] = set()
+    stack = [start]
+    while stack:
+        name = stack.pop()
+        if not name or name in seen:
+            continue
+        seen.add(name)
+        if name in spikes and name != start:
+            cut.append(name)
+        elif name == graph_input:
+            needs_input = True
+        elif name in inits:
+            weights.append(name)
+        elif name in writer:
+            index, node = writer[name]
+            if index not in nodes:
+                nodes.add(index)
+                stack.extend(node.input)
+    return nodes, sorted(cut), weights, needs_input

@@ -36,18 +36,22 @@ def positive_percentiles(model: onnx.ModelProto, x: np.ndarray, tensors: Sequenc
                          threads: int | None = None, device: Device = "cpu") -> dict[str, float]:
     """The ``percentile`` of the positive values of each tensor in ``tensors`` over ``x``.
 
-    A tensor with no positive value gets NaN (the caller decides what that means).
+    Beyond ``max_values // len(x)`` positive values per sample and tensor, a uniform random
+    subsample is kept, drawn per sample from a generator seeded by ``(seed, sample, tensor)``:
+    the result does not depend on ``batch_size``. A tensor with no positive value gets NaN
+    (the caller decides what that means).
     """
     session = make_session(expose_outputs(model, tensors), threads=threads, device=device)
-    rng = np.random.default_rng(seed)
     kept: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
-    budget = max(1, max_values * batch_size // max(len(x), 1))
-    for _, values in run_batched(session, x, list(tensors), batch_size=batch_size):
-        for name, v in zip(tensors, values):
-            pos = v[v > 0]
-            if pos.size > budget:
-                pos = pos[rng.random(pos.size) < budget / pos.size]
-            kept[name].append(pos.astype(np.float32))
+    per_sample = max(1, max_values // max(len(x), 1))
+    for sl, values in run_batched(session, x, list(tensors), batch_size=batch_size):
+        for k, (name, v) in enumerate(zip(tensors, values)):
+            for j, sample in enumerate(v):
+                pos = sample[sample > 0]
+                if pos.size > per_sample:
+                    rng = np.random.default_rng((seed, sl.start + j, k))
+                    pos = pos[rng.random(pos.size) < per_sample / pos.size]
+                kept[name].append(pos.astype(np.float32))
     result = {}
     for name, parts in kept.items():
         allpos = np.concatenate(parts) if parts else np.empty(0, np.float32)
