@@ -40,10 +40,14 @@ from onnx_rmpe.runtime.neurons import DEFAULT_PHI
 from onnx_rmpe.runtime.session import Device
 from onnx_rmpe.runtime.statistics import positive_percentiles
 from onnx_rmpe.runtime.streaming import snn_to_streaming
+from onnx_rmpe.thresholds import ThresholdReport, search_thresholds, set_thresholds
 
 logger = logging.getLogger(__name__)
 
 MODES = ("multistep", "streaming")
+#: How ReLU layers get their thresholds: ``search`` (per layer, for the target T, from the
+#: percentile start; see :mod:`onnx_rmpe.thresholds`) or ``percentile`` (the start alone).
+THRESHOLDS = ("search", "percentile")
 
 
 @dataclass
@@ -59,6 +63,7 @@ class ConversionResult:
     qcfs_path: Path | None = None
     calibration: CalibrationResult | None = None
     seconds: float = 0.0
+    threshold_search: list[ThresholdReport] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -146,8 +151,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
             output: str | os.PathLike | None = None, levels: int = 8, percentile: float = 99.9,
             calib_samples: int | None = 512, batch_size: int = 128, rmpe: bool = True,
             rmpe_granularity: str = "neuron", rmpe_sweeps: int = 1,
-            mode: str = "multistep", finetune_data=None, epochs: int = 3,
-            finetune_lr: float = 1e-3, seed: int = 0,
+            thresholds: str = "search", mode: str = "multistep", finetune_data=None,
+            epochs: int = 3, finetune_lr: float = 1e-3, seed: int = 0,
             save_qcfs: str | os.PathLike | None = None,
             threads: int | None = None, device: Device = "cpu",
             providers: Sequence[str] | None = None,
@@ -176,6 +181,9 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
         raise OptionError("-o/--output", f"'{output}' is the input model; choose another path")
     if mode not in MODES:
         raise OptionError("--mode", f"'{mode}' is not one of {', '.join(MODES)}")
+    if thresholds not in THRESHOLDS:
+        raise OptionError("--thresholds", f"'{thresholds}' is not one of "
+                                          f"{', '.join(THRESHOLDS)}")
     if calib is None and finetune_data is not None:
         calib = finetune_data
     if rmpe and calib is None:
@@ -190,10 +198,21 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
                          progress=progress)
         proto, levels = tuned.model, tuned.levels
     data = load_data(calib).head(calib_samples) if calib is not None else None
-    qcfs, thresholds = build_qcfs(proto, data, levels=levels, percentile=percentile,
-                                  batch_size=batch_size, threads=threads, device=device,
-                                  source=source)
+    qcfs, lams = build_qcfs(proto, data, levels=levels, percentile=percentile,
+                            batch_size=batch_size, threads=threads, device=device,
+                            source=source)
     snn = qcfs_to_snn(qcfs, T=T)
+    search: list[ThresholdReport] = []
+    if thresholds == "search" and get_metadata(qcfs).get(
+            "onnx_rmpe.thresholds_from") == "percentile":
+        # post-training thresholds only: trained (fine-tuned) ones are the model's own
+        chosen, search = search_thresholds(snn, qcfs, data, T=T, phi=DEFAULT_PHI,
+                                           batch_size=batch_size, threads=threads,
+                                           device=device)
+        qcfs = set_thresholds(qcfs, chosen)
+        set_metadata(qcfs, "onnx_rmpe.thresholds_from", f"search for T={T}")
+        lams = {**lams, **chosen}
+        snn = qcfs_to_snn(qcfs, T=T)
     calibration = None
     if rmpe:
         calibration = calibrate(snn, qcfs, data, batch_size=batch_size,
@@ -204,17 +223,18 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
         snn = calibration.snn
     if data is not None:
         set_metadata(snn, "onnx_rmpe.calib_samples", str(len(data)))
-    set_metadata(snn, "onnx_rmpe.thresholds", json.dumps(thresholds))
+    set_metadata(snn, "onnx_rmpe.thresholds", json.dumps(lams))
     if mode == "streaming":
         snn = snn_to_streaming(snn)
-    result = ConversionResult(snn, qcfs, T, levels, thresholds, calibration=calibration)
+    result = ConversionResult(snn, qcfs, T, levels, lams, calibration=calibration,
+                              threshold_search=search)
     if save_qcfs is not None:
         result.qcfs_path = save_model(qcfs, save_qcfs)
     if output is not None:
         result.output_path = save_model(snn, output)
     result.seconds = time.perf_counter() - start
     logger.info("converted %s: %d spiking layer(s), T=%d, L=%d in %.1fs", source,
-                len(thresholds), T, levels, result.seconds)
+                len(lams), T, levels, result.seconds)
     return result
 
 
