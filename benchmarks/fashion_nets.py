@@ -13,8 +13,9 @@ pixels / 255, no mean/std; output ``logits`` [N, 10]; dynamic batch) and cached 
   (depthwise 3x3 + BN + ReLU6, pointwise 1x1 + BN + ReLU6) 32/2, 64, 128/2, 128, GAP, FC 10.
 
 Recipe (the same for all): AdamW (weight decay 5e-4), one-cycle schedule (max lr 4e-3),
-batch 256, light augmentation (random horizontal flip), seed 0; 2 epochs (VGG-like AvgPool, ResNet-like)
-or 1 (the others): all that a 2-core CPU shared by seven engineers allowed in the time. Each cache entry is ``~/.cache/onnx-rmpe-bench/<name>.onnx`` plus
+batch 256, light augmentation (random horizontal flip), seed 0; 2 epochs (VGG-like
+AvgPool, ResNet-like) or 1 (the others): all that a 2-core CPU shared by seven engineers
+allowed in the time. Each cache entry is ``~/.cache/onnx-rmpe-bench/<name>.onnx`` plus
 ``<name>.json`` (test accuracy in torch and onnxruntime, epochs, seconds, normalisation);
 the ``.onnx`` is written to a temporary name and renamed, so a reader never sees half a
 file.
@@ -231,7 +232,8 @@ def build(name: str, data, *, epochs: int | None = None, log=print) -> dict:
               "test_accuracy": ort_accuracy(model, xte, yte), "normalisation": NORMALISATION,
               "input": "input [N, 1, 28, 28] float32", "output": "logits [N, 10]",
               "parameters": sum(p.numel() for p in net.parameters()),
-              "recipe": f"AdamW wd 5e-4, OneCycle max lr 4e-3, batch {BATCH}, random horizontal flip, "
+              "recipe": f"AdamW wd 5e-4, OneCycle max lr 4e-3, batch {BATCH}, random "
+                        f"horizontal flip, "
                         f"seed {SEED}, torch threads {torch.get_num_threads()}",
               "machine": f"2-core shared CPU ({platform.machine()}), no GPU; torch "
                          f"{torch.__version__}", "date": time.strftime("%Y-%m-%d %H:%M UTC",
