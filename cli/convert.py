@@ -21,6 +21,9 @@ from onnx_rmpe.cli.report import print_calibration
               help="QCFS quantization levels L for ReLU layers.")
 @click.option("--percentile", default=99.9, show_default=True, type=float,
               help="Percentile of positive pre-activations used as QCFS threshold.")
+@click.option("--thresholds", type=click.Choice(["search", "percentile"]), default="search",
+              show_default=True, help="QCFS thresholds of ReLU layers: chosen per layer for T "
+                                      "(search, from the percentile start) or the percentile.")
 @click.option("--calib-samples", default=512, show_default=True, type=int,
               help="Calibration samples used (thresholds and RMPE).")
 @click.option("--rmpe/--no-rmpe", default=True, show_default=True,
@@ -48,7 +51,8 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
                 percentile: float, calib_samples: int, rmpe: bool, rmpe_granularity: str,
                 rmpe_sweeps: int, mode: str, finetune_data: Path | None, epochs: int,
                 lr: float, seed: int, save_qcfs: Path | None, batch_size: int,
-                threads: int | None, device: str, json_path: Path | None) -> None:
+                threads: int | None, device: str, json_path: Path | None,
+                thresholds: str = "search") -> None:
     """Convert MODEL (an ONNX ReLU or QCFS network) into an IF-neuron SNN for T steps."""
     from onnx_rmpe.convert import convert
 
@@ -57,7 +61,8 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
                      percentile=percentile, calib_samples=calib_samples, batch_size=batch_size,
                      rmpe=rmpe, rmpe_granularity=rmpe_granularity, rmpe_sweeps=rmpe_sweeps,
                      mode=mode, finetune_data=finetune_data, epochs=epochs, finetune_lr=lr,
-                     seed=seed, save_qcfs=save_qcfs, threads=threads, device=device, progress=True)
+                     seed=seed, save_qcfs=save_qcfs, threads=threads, device=device, progress=True,
+                     thresholds=thresholds)
     click.echo(f"converted {model}: {len(result.thresholds)} spiking layer(s), T={T}, "
                f"L={result.levels}, RMPE {'on' if result.calibration else 'off'}, {mode}")
     if result.calibration is not None:
