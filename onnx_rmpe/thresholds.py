@@ -13,16 +13,17 @@ with the *SNN's* input currents) and the ReLU ANN activation of the same sample.
 Layers are set front to back: layer ``l``'s currents come from the spikes of layers
 ``1..l-1`` with their chosen thresholds (cached, as in RMPE calibration, see
 :mod:`onnx_rmpe.runtime.segments`), so each choice sees the errors of the layers before
-it. The candidates are the percentile start ``lam0`` times ``SCALES`` (1 first); the
-smallest error wins, a candidate must beat the start by a relative ``TIE`` to replace it,
-so float rounding (batch size, machine) cannot flip a near-tie.
+it. The candidates are the percentile start ``lam0`` times ``SCALES`` (1 first, down to
+1/16), then the best of those times ``REFINE`` (steps of 2^(1/6)); the smallest error
+wins, a candidate must beat the ones before it by a relative ``TIE`` to replace them, so
+float rounding (batch size, machine) cannot flip a near-tie.
 
 Invariant: every returned threshold is positive and its layer error is at most the
 error of the percentile start, measured on the same inputs.
 
 Cost: one ReLU ANN pass (its activations memory-mapped on disk) plus, per layer, one
 segment pass (currents kept in memory up to ``CURRENT_CACHE_BYTES``) and
-``len(SCALES) + 1`` neuron simulations.
+``len(SCALES) + len(REFINE) + 1`` neuron simulations.
 """
 
 from __future__ import annotations
@@ -44,8 +45,10 @@ from onnx_rmpe.runtime.statistics import expose_outputs
 
 logger = logging.getLogger(__name__)
 
-#: Candidate thresholds, as multiples of the percentile start (the start itself first).
-SCALES = tuple(float(2.0 ** (-k / 6)) for k in (0, -1, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12))
+#: Coarse candidates, as multiples of the percentile start (the start itself first).
+SCALES = tuple(float(2.0 ** (-k / 2)) for k in (0, -1, 1, 2, 3, 4, 5, 6, 7, 8))
+#: Refinement around the best coarse candidate (multiples of it).
+REFINE = tuple(float(2.0 ** (k / 6)) for k in (-2, -1, 1, 2))
 #: A candidate replaces an earlier one only when its error is lower by this fraction.
 TIE = 1e-6
 
@@ -101,6 +104,9 @@ def search_thresholds(snn: onnx.ModelProto, qcfs: onnx.ModelProto, data: Dataset
             start = float(layer.theta)
             candidates = [start * s for s in SCALES]
             errors = _errors(feed, targets[layer.name], candidates, T, phi, batch_size)
+            finer = [candidates[_argmin(errors)] * s for s in REFINE]
+            candidates += finer
+            errors += _errors(feed, targets[layer.name], finer, T, phi, batch_size)
             best = _argmin(errors)
             theta = candidates[best]
             chosen[layer.name] = theta
@@ -192,4 +198,5 @@ def set_thresholds(qcfs: onnx.ModelProto, thresholds: dict[str, float]) -> onnx.
     return model
 
 
-__all__ = ["SCALES", "ThresholdReport", "relu_reference", "search_thresholds", "set_thresholds"]
+__all__ = ["REFINE", "SCALES", "ThresholdReport", "relu_reference", "search_thresholds",
+           "set_thresholds"]

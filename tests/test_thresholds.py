@@ -14,7 +14,7 @@ from onnx_rmpe.evaluate import evaluate
 from onnx_rmpe.modelio import get_metadata, to_graph
 from onnx_rmpe.passes.rmpe import if_nodes
 from onnx_rmpe.runtime.statistics import expose_outputs
-from onnx_rmpe.thresholds import SCALES, relu_reference, set_thresholds
+from onnx_rmpe.thresholds import REFINE, SCALES, relu_reference, set_thresholds
 from tests.helpers import export_torch, run, train
 
 T = 2
@@ -49,7 +49,8 @@ def test_search_never_raises_the_layer_error(converted):
     for r in reports:
         assert r.error_chosen <= r.error_start, r
         assert r.start == pytest.approx(plain.thresholds[r.name], rel=1e-6)
-        assert any(r.chosen == pytest.approx(r.start * s, rel=1e-6) for s in SCALES)
+        grid = [r.start * s * f for s in SCALES for f in (1.0, *REFINE)]
+        assert any(r.chosen == pytest.approx(g, rel=1e-6) for g in grid)
         assert search.thresholds[r.name] == pytest.approx(r.chosen, rel=1e-6)
     # at T = 2 the 99.9th percentile is far from the best threshold: a large total gain
     assert sum(r.error_chosen for r in reports) < 0.9 * sum(r.error_start for r in reports)
