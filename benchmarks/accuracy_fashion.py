@@ -222,6 +222,9 @@ def main() -> None:
     p.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows of ROWS")
     p.add_argument("--subset", type=int, default=2000, help="test images for the techniques")
     p.add_argument("--quick", action="store_true", help="1000 test images, T = 1, 2, 4")
+    p.add_argument("--merge", default=None,
+                   help="comma-separated .json results of earlier runs (one net each, run "
+                        "side by side): write their joint report to --out and exit")
     p.add_argument("--resume", action="store_true",
                    help="reuse ANN, QCFS and plain rows from the existing --out json")
     p.add_argument("--data", default=DATA)
@@ -233,6 +236,18 @@ def main() -> None:
     subset = min(args.subset, n_test)
     out = Path(args.out or ("/tmp/accuracy_fashion_quick.md" if args.quick
                             else "benchmarks/results/accuracy_fashion.md"))
+    if args.merge:
+        parts = [json.loads(Path(f).read_text()) for f in args.merge.split(",")]
+        meta = {**parts[0]["meta"], "command": " + ".join(p["meta"]["command"] for p in parts)}
+        record = {k: v for p in parts for k, v in p["results"].items()}
+        for r in record.values():
+            for key in ("full", "subset"):
+                r[key] = {row: {int(T): a for T, a in accs.items()}
+                          for row, accs in r.get(key, {}).items()}
+        out.write_text(report(record, meta, steps, tech_steps))
+        out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": record},
+                                                       indent=1, default=float))
+        return
     xtr, _, xte, yte = load_fashion(args.data)
     xcal = xtr[np.random.default_rng(SEED).permutation(len(xtr))[:CALIB]]
     test = (xte[:n_test], yte[:n_test])
