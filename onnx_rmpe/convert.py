@@ -164,6 +164,9 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     that is already QCFS needs it only for RMPE (``rmpe=False`` skips it). ``mode`` is
     ``multistep`` (all T steps in one call) or ``streaming`` (one step per call, membrane
     potentials as state inputs/outputs; see :mod:`onnx_rmpe.runtime.streaming`).
+    ``thresholds``: ``search`` (default) chooses each ReLU layer's threshold for ``T`` from
+    the ``percentile`` start (:mod:`onnx_rmpe.thresholds`; ``result.threshold_search``
+    reports it); ``percentile`` keeps the start. Trained QCFS thresholds are kept.
     ``finetune_data`` (labelled) runs stage 1 first: QCFS fine-tuning for ``epochs`` epochs
     (:func:`onnx_rmpe.finetune.finetune`, needs torch); its first ``calib_samples`` inputs
     calibrate RMPE when ``calib`` is not given. ``output`` (if
