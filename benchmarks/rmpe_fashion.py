@@ -45,6 +45,9 @@ from onnx_rmpe.evaluate import evaluate
 from onnx_rmpe.finetune import finetune
 from onnx_rmpe.runtime.session import batches, make_session
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fashion_nets import resnet_like, vgg_like  # noqa: E402
+
 STEPS = (1, 2, 4, 8, 16, 32, 64)
 LEVELS = (8, 4)
 CALIB_SIZES = (64, 128, 256, 512, 1024)
@@ -55,39 +58,7 @@ SEED = 0
 
 
 # --------------------------------------------------------------------------- networks
-def vgg_like() -> nn.Module:
-    """4 Conv-BN-ReLU blocks (8-16-16-32), 3 AvgPool, FC 64 + ReLU, FC 10."""
-    def block(cin, cout):
-        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
-    return nn.Sequential(*block(1, 8), nn.AvgPool2d(2),                     # 14x14
-                         *block(8, 16), *block(16, 16), nn.AvgPool2d(2),    # 7x7
-                         *block(16, 32), nn.AvgPool2d(2),                   # 3x3
-                         nn.Flatten(), nn.Linear(32 * 3 * 3, 64), nn.ReLU(),
-                         nn.Linear(64, 10))
-
-
-class Residual(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
-            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
-        self.skip = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
-            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-        self.act = nn.ReLU()
-
-    def forward(self, x):
-        return self.act(self.body(x) + self.skip(x))
-
-
-def resnet_like() -> nn.Module:
-    """Stem (conv 8 + AvgPool), blocks 8 (identity), 16/2 and 32/2 (1x1 shortcuts), GAP."""
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.AvgPool2d(2),                                   # 14x14
-                         Residual(8, 8, 1), Residual(8, 16, 2), Residual(16, 32, 2),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
-
-
+# the small nets of this benchmark: the defaults of fashion_nets.vgg_like / resnet_like
 NETS = (("VGG-like", vgg_like), ("ResNet-like", resnet_like))
 
 

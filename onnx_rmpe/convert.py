@@ -52,12 +52,16 @@ from onnx_rmpe.runtime.neurons import DEFAULT_PHI
 from onnx_rmpe.runtime.session import Device
 from onnx_rmpe.runtime.statistics import positive_percentiles
 from onnx_rmpe.runtime.streaming import snn_to_streaming
+from onnx_rmpe.thresholds import ThresholdReport, search_thresholds, set_thresholds
 
 logger = logging.getLogger(__name__)
 
 MODES = ("multistep", "streaming", "chunked", "unrolled")
 #: QCFS levels of a ReLU model when none are given (a trained QCFS model keeps its own).
 DEFAULT_LEVELS = 8
+#: How ReLU layers get their thresholds: ``search`` (per layer, for the target T, from the
+#: percentile start; see :mod:`onnx_rmpe.thresholds`) or ``percentile`` (the start alone).
+THRESHOLDS = ("search", "percentile")
 
 
 @dataclass
@@ -74,6 +78,7 @@ class ConversionResult:
     target_path: Path | None = None
     calibration: CalibrationResult | None = None
     seconds: float = 0.0
+    threshold_search: list[ThresholdReport] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     report: object | None = None  # ReportResult with report_dir (onnx_rmpe.report)
     #: ReLU-like nodes on a graph output, applied to the averaged outputs (not neurons).
@@ -242,7 +247,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
             percentile: float = 99.9,
             calib_samples: int | None = 512, batch_size: int = 128, rmpe: bool = True,
             rmpe_granularity: str = "neuron", rmpe_sweeps: int = 1,
-            mode: str = "multistep", chunk: int | None = None,
+            thresholds: str = "search", mode: str = "multistep", chunk: int | None = None,
             finetune_data=None, epochs: int = 3,
             finetune_lr: float = 1e-3, seed: int = 0,
             save_qcfs: str | os.PathLike | None = None,
@@ -261,6 +266,9 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     :mod:`onnx_rmpe.forms`; without ``chunk``, the largest divisor of T whose activations
     at batch ``batch_size`` fit ``max_memory``) or ``unrolled`` (the network written
     T times over, one step after the other; same inputs and outputs as multistep).
+    ``thresholds``: ``search`` (default) chooses each ReLU layer's threshold for ``T`` from
+    the ``percentile`` start (:mod:`onnx_rmpe.thresholds`; ``result.threshold_search``
+    reports it); ``percentile`` keeps the start. Trained QCFS thresholds are kept.
     ``finetune_data`` (labelled) runs stage 1 first: QCFS fine-tuning for ``epochs`` epochs
     (:func:`onnx_rmpe.finetune.finetune`, needs torch); its first ``calib_samples`` inputs
     calibrate RMPE when ``calib`` is not given. ``output`` (if
@@ -277,6 +285,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     device = list(providers) if providers else device
     start = time.perf_counter()
     _check_options(T, levels, percentile, calib_samples, batch_size, threads, mode, rmpe_sweeps)
+    validate.choice("thresholds", thresholds, THRESHOLDS)
     check_outputs({"output": output, "save_qcfs": save_qcfs,
                    "save_qcfs (target)":
                        None if save_qcfs is None else target_path_for(save_qcfs)},
@@ -304,11 +313,22 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
                          progress=progress)
         proto, levels = tuned.model, tuned.levels
     data = load_data(calib).head(calib_samples) if calib is not None else None
-    qcfs, thresholds = build_qcfs(proto, data, levels=levels, percentile=percentile,
-                                  batch_size=batch_size, threads=threads, device=device,
-                                  source=source, max_memory=max_memory)
+    qcfs, lams = build_qcfs(proto, data, levels=levels, percentile=percentile,
+                            batch_size=batch_size, threads=threads, device=device,
+                            source=source, max_memory=max_memory)
     levels = int(get_metadata(qcfs)["onnx_rmpe.levels"])  # the L used (a trained model's own)
     snn = qcfs_to_snn(qcfs, T=T)
+    search: list[ThresholdReport] = []
+    if thresholds == "search" and get_metadata(qcfs).get(
+            "onnx_rmpe.thresholds_from") == "percentile":
+        # post-training thresholds only: trained (fine-tuned) ones are the model's own
+        chosen, search = search_thresholds(snn, qcfs, data, T=T, phi=DEFAULT_PHI,
+                                           batch_size=batch_size, threads=threads,
+                                           device=device)
+        qcfs = set_thresholds(qcfs, chosen)
+        set_metadata(qcfs, "onnx_rmpe.thresholds_from", f"search for T={T}")
+        lams = {**lams, **chosen}
+        snn = qcfs_to_snn(qcfs, T=T)
     calibration = None
     if rmpe:
         calibration = calibrate(snn, qcfs, data, batch_size=batch_size,
@@ -320,7 +340,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
         snn = calibration.snn
     if data is not None:
         set_metadata(snn, "onnx_rmpe.calib_samples", str(len(data)))
-    set_metadata(snn, "onnx_rmpe.thresholds", json.dumps(thresholds))
+    set_metadata(snn, "onnx_rmpe.thresholds", json.dumps(lams))
     snn_report = None
     if report_dir is not None:
         from onnx_rmpe.report import report
@@ -335,8 +355,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
         from onnx_rmpe.forms import snn_to_unrolled
 
         snn = snn_to_unrolled(snn)
-    result = ConversionResult(snn, qcfs, T, levels, thresholds, calibration=calibration,
-                              report=snn_report)
+    result = ConversionResult(snn, qcfs, T, levels, lams, calibration=calibration,
+                              report=snn_report, threshold_search=search)
     readout = get_metadata(qcfs).get("onnx_rmpe.readout_activations", "")
     result.readout_activations = readout.split(",") if readout else []
     anns = _anns_to_save(qcfs, calibration, levels, save_qcfs) if save_qcfs is not None else []
@@ -351,7 +371,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
         write_report(snn_report, report_dir)
     result.seconds = time.perf_counter() - start
     logger.info("converted %s: %d spiking layer(s), T=%d, L=%d in %.1fs", source,
-                len(thresholds), T, levels, result.seconds)
+                len(lams), T, levels, result.seconds)
     return result
 
 

@@ -27,7 +27,7 @@ def resnet(digits_data):
 @pytest.fixture(scope="module")
 def plain_and_calibrated(resnet, digits_data):
     (x, _), _ = digits_data
-    plain = convert(resnet, T=2, calib=x[:512], levels=4, rmpe=False)
+    plain = convert(resnet, T=2, calib=x[:512], levels=4, rmpe=False, thresholds="percentile")
     calibrated = calibrate(plain.snn, plain.qcfs, x[:512], batch_size=100)
     return plain, calibrated
 

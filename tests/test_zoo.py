@@ -226,7 +226,8 @@ class Zoo:
 
     def __init__(self, model: onnx.ModelProto, calib: np.ndarray, x_test: np.ndarray,
                  y_test: np.ndarray) -> None:
-        result = convert(model, T=T_ACC, calib=calib, levels=LEVELS, threads=1, rmpe=False)
+        result = convert(model, T=T_ACC, calib=calib, levels=LEVELS, threads=1, rmpe=False,
+                         thresholds="percentile")
         result.qcfs_source = model
         self.calib, self.x_test = calib, x_test
         self.result = result
@@ -372,7 +373,8 @@ def test_maxpool_error_falls_like_avgpool(zoo, data):
     """
     (x, _), (xt, _) = data
     z = zoo("vgg_maxpool")
-    clip_ann = convert(z.result.qcfs_source, T=1, calib=x[:512], levels=4096, threads=1).qcfs
+    clip_ann = convert(z.result.qcfs_source, T=1, calib=x[:512], levels=4096, threads=1,
+                       thresholds="percentile").qcfs
     ref = run_all(clip_ann, xt[:N_HIGH])[0]
     per_step = run_all(z.result.snn, xt[:N_HIGH], ["output_per_step"])[0]
     high = run_all(qcfs_to_snn(z.result.qcfs, T=T_HIGH), xt[:N_HIGH])[0]
