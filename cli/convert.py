@@ -33,12 +33,12 @@ from onnx_rmpe.cli.report import print_calibration
               show_default=True, help="All T steps per call, or one step per call with the "
                                       "membrane potentials as state inputs/outputs.")
 @click.option("--finetune-data", type=click.Path(dir_okay=False, path_type=Path),
-              help="Labelled training data (.npz with x, y): run QCFS fine-tuning first "
+              help="Training data (.npz with x, optional y): run QCFS fine-tuning first "
                    "(stage 1, needs onnx-rmpe[torch]).")
 @click.option("--epochs", default=3, show_default=True, type=int,
               help="Fine-tuning epochs (with --finetune-data).")
-@click.option("--lr", default=1e-3, show_default=True, type=float,
-              help="Fine-tuning learning rate (with --finetune-data).")
+@click.option("--lr", default=None, type=float,
+              help="Fine-tuning peak learning rate (with --finetune-data) [default: 0.01].")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--save-qcfs", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the QCFS ANN (a valid ONNX model of its own).")
@@ -47,7 +47,7 @@ from onnx_rmpe.cli.report import print_calibration
 def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, levels: int,
                 percentile: float, calib_samples: int, rmpe: bool, rmpe_granularity: str,
                 rmpe_sweeps: int, mode: str, finetune_data: Path | None, epochs: int,
-                lr: float, seed: int, save_qcfs: Path | None, batch_size: int,
+                lr: float | None, seed: int, save_qcfs: Path | None, batch_size: int,
                 threads: int | None, device: str, json_path: Path | None) -> None:
     """Convert MODEL (an ONNX ReLU or QCFS network) into an IF-neuron SNN for T steps."""
     from onnx_rmpe.convert import convert

@@ -147,7 +147,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
             calib_samples: int | None = 512, batch_size: int = 128, rmpe: bool = True,
             rmpe_granularity: str = "neuron", rmpe_sweeps: int = 1,
             mode: str = "multistep", finetune_data=None, epochs: int = 3,
-            finetune_lr: float = 1e-3, seed: int = 0,
+            finetune_lr: float | None = None, seed: int = 0,
             save_qcfs: str | os.PathLike | None = None,
             threads: int | None = None, device: Device = "cpu",
             providers: Sequence[str] | None = None,
@@ -159,8 +159,9 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     that is already QCFS needs it only for RMPE (``rmpe=False`` skips it). ``mode`` is
     ``multistep`` (all T steps in one call) or ``streaming`` (one step per call, membrane
     potentials as state inputs/outputs; see :mod:`onnx_rmpe.runtime.streaming`).
-    ``finetune_data`` (labelled) runs stage 1 first: QCFS fine-tuning for ``epochs`` epochs
-    (:func:`onnx_rmpe.finetune.finetune`, needs torch); its first ``calib_samples`` inputs
+    ``finetune_data`` (labelled, or unlabelled: then it distils) runs stage 1 first: QCFS
+    fine-tuning for ``epochs`` epochs at ``finetune_lr`` (None: the recipe's default;
+    :func:`onnx_rmpe.finetune.finetune`, needs torch); its first ``calib_samples`` inputs
     calibrate RMPE when ``calib`` is not given. ``output`` (if
     given) receives the SNN; ``save_qcfs`` the QCFS ANN. Nothing is written unless the
     whole conversion succeeds. ``device`` (``cpu`` or ``cuda``, which needs
