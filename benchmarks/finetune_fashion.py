@@ -117,26 +117,33 @@ def baseline(relu: onnx.ModelProto, data, seed: int) -> dict:
 
 
 def report(records: list[dict], args) -> str:
-    base = next((r for r in records if r["name"] == "baseline"), None)
-    rows = [r for r in records if r["name"] != "baseline"]
-    steps = sorted({int(t) for r in rows for t in r["snn"]})
-    head = ("| recipe | data | QCFS ANN | " + " | ".join(f"SNN T={t}" for t in steps)
-            + " | fine-tune s | load |")
     lines = [
-        "# QCFS fine-tuning (stage 1) on a fully trained Fashion-MNIST net", "",
-        f"- command: `python benchmarks/finetune_fashion.py --model {args.model} --variants "
-        f"{args.variants} --steps {args.steps}`",
+        "# QCFS fine-tuning (stage 1) on fully trained Fashion-MNIST nets", "",
+        f"- command: `python benchmarks/finetune_fashion.py --model MODEL --variants "
+        f"{args.variants} --steps {args.steps}` (one run per MODEL)",
         f"- machine: 2-core shared CPU ({platform.machine()}), no GPU; torch {torch.__version__}"
         f" (1 thread), onnxruntime {ort.__version__} (1 thread); the machine was shared with "
         "other jobs (load average in the last column), so seconds are upper bounds",
-        f"- net: `{Path(args.model).name}` (ReLU ANN, see its .json); L={LEVELS}; test accuracy "
-        "(%) on the full 10 000-image Fashion-MNIST test set; SNN = default `convert` (RMPE "
-        f"calibrated for each T on {CALIB} training images of the budget), first output",
-    ]
+        f"- L={LEVELS}; test accuracy (%) on the full 10 000-image Fashion-MNIST test set; SNN "
+        f"= default `convert` of the fine-tuned model (RMPE calibrated for each T on {CALIB} "
+        "training images of the budget), first output; '-' = not measured", ""]
+    for model in dict.fromkeys(r.get("model", "?") for r in records):
+        mine = [r for r in records if r.get("model", "?") == model]
+        lines += _table(model, mine)
+    return "\n".join(lines)
+
+
+def _table(model: str, records: list[dict]) -> list[str]:
+    base = next((r for r in records if r["name"] == "baseline"), None)
+    rows = [r for r in records if r["name"] != "baseline"]
+    steps = sorted({int(t) for r in rows for t in r["snn"]})
+    lines = [f"## {model}", ""]
     if base:
-        lines.append(f"- ReLU ANN {100 * base['relu']:.2f} %, post-training QCFS (L={LEVELS}, "
-                     f"99.9th percentile) {100 * base['ptq']:.2f} %")
-    lines += ["", head, "|" + "---|" * (head.count("|") - 1)]
+        lines += [f"ReLU ANN {100 * base['relu']:.2f} %, post-training QCFS (L={LEVELS}, 99.9th "
+                  f"percentile) {100 * base['ptq']:.2f} %.", ""]
+    head = ("| recipe | data | QCFS ANN | " + " | ".join(f"SNN T={t}" for t in steps)
+            + " | fine-tune s | load |")
+    lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         data = f"{r['epochs']} ep x {r['samples'] // 1000}k" + ("" if r["labels"] else
                                                                  ", no labels")
@@ -144,8 +151,7 @@ def report(records: list[dict], args) -> str:
                            for t in steps)
         lines.append(f"| {r['description']} | {data} | {100 * r['qcfs']:.2f} | {cells} | "
                      f"{r['seconds']:.0f} | {r['load']:.1f} |")
-    lines.append("")
-    return "\n".join(lines)
+    return lines + [""]
 
 
 def main() -> None:
@@ -164,7 +170,7 @@ def main() -> None:
     store = Path(args.json)
     records = json.loads(store.read_text()) if store.exists() else []
     if not args.report_only:
-        relu = onnx.load(args.model)
+        relu, model = onnx.load(args.model), Path(args.model).stem
         xtr, ytr, xte, yte = load(args.data)
         data = (xtr, ytr, xte[:args.test_samples], yte[:args.test_samples])
         steps = [int(t) for t in args.steps.split(",")]
@@ -172,7 +178,9 @@ def main() -> None:
         for name in todo:
             rec = baseline(relu, data, args.seed) if name == "baseline" else \
                 run_variant(name, relu, data, steps, args.seed)
-            records = [r for r in records if r["name"] != name] + [rec]
+            rec["model"] = model
+            records = [r for r in records
+                       if (r["name"], r.get("model")) != (name, model)] + [rec]
             store.parent.mkdir(parents=True, exist_ok=True)
             store.write_text(json.dumps(records, indent=1))
     text = report(records, args)
