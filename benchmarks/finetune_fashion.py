@@ -81,17 +81,17 @@ def load(path: str):
                 d["y_test"].astype(np.int64))
 
 
-def snn_curve(qcfs: onnx.ModelProto, calib: np.ndarray, x, y, steps) -> dict[int, float]:
+def snn_curve(qcfs: onnx.ModelProto, calib: np.ndarray, x, y, steps, on_point) -> None:
     """Default ``convert`` (RMPE on) of a fine-tuned QCFS model for each T."""
-    out = {}
     for T in steps:
         snn = convert(qcfs, T=T, calib=calib, calib_samples=CALIB, threads=1).snn
-        out[T] = accuracy(snn, x, y)
-        print(f"  T={T}: {100 * out[T]:.2f}", flush=True)
-    return out
+        acc = accuracy(snn, x, y)
+        print(f"  T={T}: {100 * acc:.2f}", flush=True)
+        on_point(T, acc)
 
 
-def run_variant(name: str, relu: onnx.ModelProto, data, steps, seed: int) -> dict:
+def run_variant(name: str, relu: onnx.ModelProto, data, steps, seed: int, save) -> None:
+    """Fine-tune and measure one recipe; ``save(record)`` after each measured point."""
     desc, kwargs, n, epochs, labels = VARIANTS[name]
     xtr, ytr, xte, yte = data
     idx = np.random.default_rng(seed).permutation(len(xtr))[:n]
@@ -99,14 +99,18 @@ def run_variant(name: str, relu: onnx.ModelProto, data, steps, seed: int) -> dic
     start = time.perf_counter()
     ft = finetune(relu, train, levels=LEVELS, epochs=epochs, seed=seed, progress=False, **kwargs)
     seconds = time.perf_counter() - start
-    qcfs_acc = accuracy(ft.model, xte, yte)
-    print(f"{name}: QCFS {100 * qcfs_acc:.2f} ({seconds:.0f}s)", flush=True)
-    return dict(name=name, description=desc, samples=n, epochs=epochs, labels=labels,
-                seconds=seconds, qcfs=qcfs_acc, distill=ft.distill,
-                snn={str(t): v for t, v in snn_curve(ft.model, xtr[idx], xte, yte,
-                                                     steps).items()},
-                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                load=os.getloadavg()[0])
+    rec = dict(name=name, description=desc, samples=n, epochs=epochs, labels=labels,
+               seconds=seconds, qcfs=accuracy(ft.model, xte, yte), distill=ft.distill, snn={},
+               date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               load=os.getloadavg()[0])
+    print(f"{name}: QCFS {100 * rec['qcfs']:.2f} ({seconds:.0f}s)", flush=True)
+    save(rec)
+
+    def on_point(T: int, acc: float) -> None:
+        rec["snn"][str(T)] = acc
+        save(rec)
+
+    snn_curve(ft.model, xtr[idx], xte, yte, steps, on_point)
 
 
 def baseline(relu: onnx.ModelProto, data, seed: int) -> dict:
@@ -175,14 +179,20 @@ def main() -> None:
         data = (xtr, ytr, xte[:args.test_samples], yte[:args.test_samples])
         steps = [int(t) for t in args.steps.split(",")]
         todo = ["baseline", *args.variants.split(",")]
-        for name in todo:
-            rec = baseline(relu, data, args.seed) if name == "baseline" else \
-                run_variant(name, relu, data, steps, args.seed)
+
+        def save(rec: dict) -> None:
+            nonlocal records
             rec["model"] = model
             records = [r for r in records
-                       if (r["name"], r.get("model")) != (name, model)] + [rec]
+                       if (r["name"], r.get("model")) != (rec["name"], model)] + [rec]
             store.parent.mkdir(parents=True, exist_ok=True)
             store.write_text(json.dumps(records, indent=1))
+
+        for name in todo:
+            if name == "baseline":
+                save(baseline(relu, data, args.seed))
+            else:
+                run_variant(name, relu, data, steps, args.seed, save)
     text = report(records, args)
     Path(args.out).write_text(text)
     print(text)
