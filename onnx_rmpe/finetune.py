@@ -34,7 +34,8 @@ from onnx_rmpe.runtime.neurons import QCFS_OP
 logger = logging.getLogger(__name__)
 
 CALIB_SAMPLES = 1024
-#: distillation weight when the data has labels (measured best: benchmarks/finetune_fashion.py)
+#: distillation weight when the data has labels (0, 0.5 and 1 measured within 0.3 point of
+#: each other on the ground-truth net: benchmarks/finetune_fashion.py)
 DEFAULT_DISTILL = 0.0
 
 

@@ -1,8 +1,9 @@
 """Options of QCFS fine-tuning (:func:`onnx_rmpe.finetune.finetune`), checked without torch.
 
-The defaults are the recipe that measured best on a fully trained VGG-like Fashion-MNIST
-network (benchmarks/finetune_fashion.py): SGD with momentum 0.9, learning rate 0.01,
-cosine decay to 0 over all steps, batch 128.
+The defaults: SGD with momentum 0.9, learning rate 0.01, cosine decay to 0 over all steps,
+batch 128. Measured (benchmarks/finetune_fashion.py, 1 epoch on 10k Fashion-MNIST images,
+L=4): 1.0 point of QCFS accuracy better than the previous Adam recipe on the ground-truth
+VGG-like net; on a smaller net with a much worse post-training start Adam did better.
 """
 
 from __future__ import annotations
