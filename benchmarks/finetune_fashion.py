@@ -1,25 +1,38 @@
-"""QCFS fine-tuning on Fashion-MNIST: ReLU ANN -> QCFS (post-training, fine-tuned) -> SNN.
+"""Stage-1 QCFS fine-tuning of a fully trained Fashion-MNIST ReLU net (issue 11, goal 3).
 
-Trains a small VGG-like net (BatchNorm, AvgPool) and a small ResNet-like net (residual
-Add, GlobalAveragePool) in torch, exports them (``dynamo=False``), fine-tunes their QCFS
-versions with :func:`onnx_rmpe.finetune.finetune` at each L, converts them with
-:func:`onnx_rmpe.convert.convert` (``rmpe=False``) and reports test accuracy of the ReLU
-ANN, the post-training and fine-tuned QCFS ANN, and the SNN at T = 1..32 (the per-step
-cumulative outputs of one T=32 run equal the T=t runs: without RMPE the SNN is causal).
+Reads the ground-truth ReLU ANN cached by ``benchmarks/fashion_nets.py``
+(``~/.cache/onnx-rmpe-bench/vgg_bn_avg.onnx``: VGG-like, BN, AvgPool, input
+``[N, 1, 28, 28]`` = pixels / 255), fine-tunes its QCFS version (L=4) with
+:func:`onnx_rmpe.finetune.finetune` under each recipe below, converts each result with
+the default :func:`onnx_rmpe.convert.convert` (RMPE calibrated for each T on the first
+512 training images of the budget) and reports the test accuracy on the full 10k test
+set of the ReLU ANN, the post-training QCFS ANN, the fine-tuned QCFS ANN and the SNN
+(first output, onnxruntime) at T = 1, 2, 4, 8, 16.
+
+Recipes (``--variants``, run in this order):
+
+- ``old-1x10k``: the recipe before issue 11 (Adam lr 1e-3, constant, batch 64, labels);
+- ``default-1x10k``: the defaults (SGD momentum 0.9, lr 0.01, cosine, batch 128, labels);
+- ``distil-1x10k``: the defaults on the same images without labels (pure distillation);
+- ``default-3x60k``: the defaults, three epochs on all 60 000 training images.
+
+"1x10k" is one epoch on a seeded random subset of 10 000 training images. Each finished
+recipe is appended to ``--json`` at once, so a long run that is stopped keeps what it
+measured; ``--report-only`` rewrites the markdown from that file.
 
 Usage::
 
-    python benchmarks/finetune_fashion.py [--data PATH] [--train-samples 8000]
+    python benchmarks/finetune_fashion.py [--model PATH] [--variants a,b] [--steps 1,2,4,8,16]
+        [--json benchmarks/results/finetune_fashion.json]
         [--out benchmarks/results/finetune_fashion.md]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,149 +40,160 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from torch import nn
 
 from onnx_rmpe.convert import build_qcfs, convert
 from onnx_rmpe.data import Dataset
 from onnx_rmpe.finetune import finetune
 
-STEPS = (1, 2, 4, 8, 16, 32)
+CACHE = Path(os.environ.get("ONNX_RMPE_BENCH_CACHE", Path.home() / ".cache/onnx-rmpe-bench"))
+LEVELS = 4
+CALIB = 512
+OLD = dict(optimizer="adam", lr=1e-3, schedule="constant", batch_size=64, distill=0.0)
+#: name -> (description, finetune keyword arguments, training images, epochs, labels)
+VARIANTS = {
+    "old-1x10k": ("old recipe: Adam 1e-3, constant, batch 64", OLD, 10_000, 1, True),
+    "default-1x10k": ("default: SGD 0.9, lr 0.01, cosine, batch 128", {}, 10_000, 1, True),
+    "distil-1x10k": ("default, no labels (distillation)", {}, 10_000, 1, False),
+    "default-3x60k": ("default: SGD 0.9, lr 0.01, cosine, batch 128", {}, 60_000, 3, True),
+}
 
 
-sys.path.insert(0, os.path.dirname(__file__))
-from rmpe_fashion import Residual, export  # noqa: E402  (the same blocks and export)
-
-
-def vgg() -> nn.Module:
-    def block(cin, cout):
-        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
-    return nn.Sequential(*block(1, 8), *block(8, 8), nn.AvgPool2d(2), *block(8, 16),
-                         *block(16, 16), nn.AvgPool2d(2), nn.Flatten(),
-                         nn.Linear(16 * 7 * 7, 64), nn.ReLU(), nn.Linear(64, 10))
-
-
-def resnet() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                         Residual(8, 8, 1), Residual(8, 16, 2), Residual(16, 32, 2),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
-
-
-def train_ann(net: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int = 0):
-    torch.manual_seed(seed)
-    opt = torch.optim.Adam(net.parameters(), 2e-3)
-    X, Y = torch.from_numpy(x), torch.from_numpy(y)
-    gen, times = torch.Generator().manual_seed(seed), []
-    for _ in range(epochs):
-        start = time.perf_counter()
-        net.train()
-        perm = torch.randperm(len(X), generator=gen)
-        for i in range(0, len(X), 128):
-            idx = perm[i:i + 128]
-            opt.zero_grad()
-            nn.functional.cross_entropy(net(X[idx]), Y[idx]).backward()
-            opt.step()
-        times.append(time.perf_counter() - start)
-    return net.eval(), times
-
-
-def predict(model: onnx.ModelProto, x: np.ndarray, output: str, batch: int = 250) -> np.ndarray:
+def session(model: onnx.ModelProto) -> ort.InferenceSession:
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    parts = [sess.run([output], {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)]
-    return np.concatenate(parts, axis=1 if output.endswith("_per_step") else 0)
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
 
 
-def acc(logits: np.ndarray, y: np.ndarray) -> float:
-    return float((logits.argmax(-1) == y).mean())
+def accuracy(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, batch: int = 500) -> float:
+    s = session(model)
+    name, out = s.get_inputs()[0].name, s.get_outputs()[0].name
+    pred = np.concatenate([s.run([out], {name: x[i:i + batch]})[0].argmax(-1)
+                           for i in range(0, len(x), batch)])
+    return float((pred == y).mean())
 
 
-def run_model(name, make, data, args, rows) -> None:
-    (xtr, ytr), (xval, yval), (xte, yte) = data
-    net, ann_times = train_ann(make(), xtr, ytr, args.ann_epochs)
-    relu = export(net, xtr)
-    ann_acc = acc(predict(relu, xte, "logits"), yte)
-    for L in args.levels:
-        ptq, _ = build_qcfs(relu, Dataset(xtr[:1024]), levels=L)
-        ptq_acc = acc(predict(ptq, xte, "logits"), yte)
-        ft = finetune(relu, (xtr, ytr), levels=L, epochs=args.ft_epochs, lr=args.lr,
-                      batch_size=64, val=(xval, yval), progress=False)
-        ft_acc = acc(predict(ft.model, xte, "logits"), yte)
-        snn = convert(ft.model, T=max(STEPS), rmpe=False).snn
-        curve = predict(snn, xte, "logits_per_step")
-        snn_acc = {t: acc(curve[t - 1], yte) for t in STEPS}
-        rows.append(dict(model=name, L=L, ann=ann_acc, ptq=ptq_acc, ft=ft_acc, snn=snn_acc,
-                         ann_epoch_s=float(np.mean(ann_times)),
-                         ft_epoch_s=float(np.mean([h.seconds for h in ft.history])),
-                         val=[h.val_accuracy for h in ft.history]))
-        print(name, rows[-1], flush=True)
+def load(path: str):
+    with np.load(path) as d:
+        scale = lambda a: (a[:, None] / np.float32(255)).astype(np.float32)  # noqa: E731
+        return (scale(d["x_train"]), d["y_train"].astype(np.int64), scale(d["x_test"]),
+                d["y_test"].astype(np.int64))
 
 
-def report(rows, args, seconds: float) -> str:
-    date = subprocess.run(["date"], capture_output=True, text=True).stdout.strip()
-    head = "| model | L | ReLU ANN | QCFS post-training | QCFS fine-tuned | " + " | ".join(
-        f"SNN T={t}" for t in STEPS) + " | s/epoch ANN | s/epoch fine-tune |"
+def snn_curve(qcfs: onnx.ModelProto, calib: np.ndarray, x, y, steps, on_point) -> None:
+    """Default ``convert`` (RMPE on) of a fine-tuned QCFS model for each T."""
+    for T in steps:
+        snn = convert(qcfs, T=T, calib=calib, calib_samples=CALIB, threads=1).snn
+        acc = accuracy(snn, x, y)
+        print(f"  T={T}: {100 * acc:.2f}", flush=True)
+        on_point(T, acc)
+
+
+def run_variant(name: str, relu: onnx.ModelProto, data, steps, seed: int, save) -> None:
+    """Fine-tune and measure one recipe; ``save(record)`` after each measured point."""
+    desc, kwargs, n, epochs, labels = VARIANTS[name]
+    xtr, ytr, xte, yte = data
+    idx = np.random.default_rng(seed).permutation(len(xtr))[:n]
+    train = (xtr[idx], ytr[idx]) if labels else xtr[idx]
+    start = time.perf_counter()
+    ft = finetune(relu, train, levels=LEVELS, epochs=epochs, seed=seed, progress=False, **kwargs)
+    seconds = time.perf_counter() - start
+    rec = dict(name=name, description=desc, samples=n, epochs=epochs, labels=labels,
+               seconds=seconds, qcfs=accuracy(ft.model, xte, yte), distill=ft.distill, snn={},
+               date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               load=os.getloadavg()[0])
+    print(f"{name}: QCFS {100 * rec['qcfs']:.2f} ({seconds:.0f}s)", flush=True)
+    save(rec)
+
+    def on_point(T: int, acc: float) -> None:
+        rec["snn"][str(T)] = acc
+        save(rec)
+
+    snn_curve(ft.model, xtr[idx], xte, yte, steps, on_point)
+
+
+def baseline(relu: onnx.ModelProto, data, seed: int) -> dict:
+    xtr, _, xte, yte = data
+    idx = np.random.default_rng(seed).permutation(len(xtr))[:10_000]
+    ptq, _ = build_qcfs(relu, Dataset(xtr[idx][:1024]), levels=LEVELS)
+    return dict(name="baseline", relu=accuracy(relu, xte, yte), ptq=accuracy(ptq, xte, yte))
+
+
+def report(records: list[dict], args) -> str:
     lines = [
-        "# QCFS fine-tuning on Fashion-MNIST", "",
-        "- command: `python benchmarks/finetune_fashion.py` (defaults: "
-        f"--train-samples {args.train_samples} --val-samples {args.val_samples} --test-samples "
-        f"{args.test_samples} --ann-epochs {args.ann_epochs} --ft-epochs {args.ft_epochs} "
-        f"--levels {' '.join(map(str, args.levels))})",
-        f"- machine: 2-core CPU ({platform.processor() or platform.machine()}), torch "
-        f"{torch.__version__}, onnxruntime {ort.__version__}, {torch.get_num_threads()} torch "
-        f"threads; date: {date}; total wall time {seconds / 60:.1f} min (the machine was "
-        f"shared with other jobs: load average {os.getloadavg()[0]:.1f} at the end, so the "
-        "seconds are upper bounds)",
-        f"- data: Fashion-MNIST, {args.train_samples} training images (a seeded random subset "
-        f"of the 60000), {args.val_samples} other training images as the held-out set for the "
-        f"per-epoch accuracy, the first {args.test_samples} test images for every number "
-        "below (test accuracy, %).",
-        f"- ReLU ANN: {args.ann_epochs} epochs Adam (lr 2e-3, batch 128). Fine-tuning: "
-        f"`finetune(levels=L, epochs={args.ft_epochs}, lr={args.lr}, batch_size=64)` starting "
-        "from the post-training QCFS (lam = 99.9th percentile). SNN: `convert(..., rmpe=False)`,"
-        " per-step outputs of one T=32 run.",
-        "- VGG-like: 4 conv 3x3 (8-8-16-16) + BN + ReLU, 2 AvgPool, FC 64. ResNet-like: stem 8"
-        " + 3 residual blocks (8, 16/2, 32/2; 1x1 projection shortcuts), GlobalAveragePool.",
-        "", head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['L']} | {100 * r['ann']:.2f} | {100 * r['ptq']:.2f} | "
-                     f"{100 * r['ft']:.2f} | "
-                     + " | ".join(f"{100 * r['snn'][t]:.2f}" for t in STEPS)
-                     + f" | {r['ann_epoch_s']:.1f} | {r['ft_epoch_s']:.1f} |")
-    lines += ["", "Held-out accuracy after each fine-tuning epoch: " + "; ".join(
-        f"{r['model']} L={r['L']}: " + ", ".join(f"{100 * v:.1f}" for v in r["val"])
-        for r in rows), ""]
+        "# QCFS fine-tuning (stage 1) on fully trained Fashion-MNIST nets", "",
+        f"- command: `python benchmarks/finetune_fashion.py --model MODEL --variants "
+        f"{args.variants} --steps {args.steps}` (one run per MODEL)",
+        f"- machine: 2-core shared CPU ({platform.machine()}), no GPU; torch {torch.__version__}"
+        f" (1 thread), onnxruntime {ort.__version__} (1 thread); the machine was shared with "
+        "other jobs (load average in the last column), so seconds are upper bounds",
+        f"- L={LEVELS}; test accuracy (%) on the full 10 000-image Fashion-MNIST test set; SNN "
+        f"= default `convert` of the fine-tuned model (RMPE calibrated for each T on {CALIB} "
+        "training images of the budget), first output; '-' = not measured", ""]
+    for model in dict.fromkeys(r.get("model", "?") for r in records):
+        mine = [r for r in records if r.get("model", "?") == model]
+        lines += _table(model, mine)
     return "\n".join(lines)
+
+
+def _table(model: str, records: list[dict]) -> list[str]:
+    base = next((r for r in records if r["name"] == "baseline"), None)
+    rows = [r for r in records if r["name"] != "baseline"]
+    steps = sorted({int(t) for r in rows for t in r["snn"]})
+    lines = [f"## {model}", ""]
+    if base:
+        lines += [f"ReLU ANN {100 * base['relu']:.2f} %, post-training QCFS (L={LEVELS}, 99.9th "
+                  f"percentile) {100 * base['ptq']:.2f} %.", ""]
+    head = ("| recipe | data | QCFS ANN | " + " | ".join(f"SNN T={t}" for t in steps)
+            + " | fine-tune s | load |")
+    lines += [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        data = f"{r['epochs']} ep x {r['samples'] // 1000}k" + ("" if r["labels"] else
+                                                                 ", no labels")
+        cells = " | ".join(f"{100 * r['snn'][str(t)]:.2f}" if str(t) in r["snn"] else "-"
+                           for t in steps)
+        lines.append(f"| {r['description']} | {data} | {100 * r['qcfs']:.2f} | {cells} | "
+                     f"{r['seconds']:.0f} | {r['load']:.1f} |")
+    return lines + [""]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=str(CACHE / "vgg_bn_avg.onnx"))
     p.add_argument("--data", default="/work/shared/data/fashion_mnist.npz")
-    p.add_argument("--train-samples", type=int, default=8000)
-    p.add_argument("--val-samples", type=int, default=1000)
-    p.add_argument("--test-samples", type=int, default=1000)
-    p.add_argument("--ann-epochs", type=int, default=3)
-    p.add_argument("--ft-epochs", type=int, default=2)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--levels", type=int, nargs="+", default=[4, 8])
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--steps", default="1,2,4,8,16")
+    p.add_argument("--test-samples", type=int, default=10_000, help="(smoke runs only)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default="benchmarks/results/finetune_fashion.json")
     p.add_argument("--out", default="benchmarks/results/finetune_fashion.md")
+    p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
-    torch.set_num_threads(2)
-    start = time.perf_counter()
-    with np.load(args.data) as d:
-        xtr, ytr = d["x_train"], d["y_train"].astype(np.int64)
-        xte, yte = d["x_test"][:args.test_samples], d["y_test"][:args.test_samples].astype(np.int64)
-    perm = np.random.default_rng(0).permutation(len(xtr))
-    n = args.train_samples
-    tr, va = perm[:n], perm[n:n + args.val_samples]
-    scale = lambda a: (a[:, None] / np.float32(255)).astype(np.float32)  # noqa: E731
-    data = ((scale(xtr[tr]), ytr[tr]), (scale(xtr[va]), ytr[va]), (scale(xte), yte))
-    rows: list[dict] = []
-    for name, make in (("VGG-like", vgg), ("ResNet-like", resnet)):
-        run_model(name, make, data, args, rows)
-    text = report(rows, args, time.perf_counter() - start)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)
+    store = Path(args.json)
+    records = json.loads(store.read_text()) if store.exists() else []
+    if not args.report_only:
+        relu, model = onnx.load(args.model), Path(args.model).stem
+        xtr, ytr, xte, yte = load(args.data)
+        data = (xtr, ytr, xte[:args.test_samples], yte[:args.test_samples])
+        steps = [int(t) for t in args.steps.split(",")]
+        todo = ["baseline", *args.variants.split(",")]
+
+        def save(rec: dict) -> None:
+            nonlocal records
+            rec["model"] = model
+            records = [r for r in records
+                       if (r["name"], r.get("model")) != (rec["name"], model)] + [rec]
+            store.parent.mkdir(parents=True, exist_ok=True)
+            store.write_text(json.dumps(records, indent=1))
+
+        for name in todo:
+            if name == "baseline":
+                save(baseline(relu, data, args.seed))
+            else:
+                run_variant(name, relu, data, steps, args.seed, save)
+    text = report(records, args)
     Path(args.out).write_text(text)
     print(text)
 

@@ -49,12 +49,12 @@ from onnx_rmpe.cli.report import print_calibration, print_snn_report
               help="Steps per call of --mode chunked (must divide T) [default: the largest "
                    "that fits --max-memory at --batch-size].")
 @click.option("--finetune-data", type=click.Path(dir_okay=False, path_type=Path),
-              help="Labelled training data (.npz with x, y): run QCFS fine-tuning first "
+              help="Training data (.npz with x, optional y): run QCFS fine-tuning first "
                    "(stage 1, needs onnx-rmpe[torch]).")
 @click.option("--epochs", default=3, show_default=True, type=int,
               help="Fine-tuning epochs (with --finetune-data).")
-@click.option("--lr", default=1e-3, show_default=True, type=float,
-              help="Fine-tuning learning rate (with --finetune-data).")
+@click.option("--lr", default=None, type=float,
+              help="Fine-tuning peak learning rate (with --finetune-data) [default: 0.01].")
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Fine-tuning seed (with --finetune-data).")
 @click.option("--save-qcfs", type=click.Path(dir_okay=False, path_type=Path),
@@ -69,7 +69,7 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
                 percentile: float, calib_samples: int, rmpe: bool, rmpe_granularity: str,
                 rmpe_sweeps: int, mode: str, chunk: int | None,
                 finetune_data: Path | None, epochs: int,
-                lr: float, seed: int, save_qcfs: Path | None, report_dir: Path | None,
+                lr: float | None, seed: int, save_qcfs: Path | None, report_dir: Path | None,
                 batch_size: int, threads: int | None, device: str, max_memory: int | None,
                 json_path: Path | None, thresholds: str = "search") -> None:
     """Convert MODEL (an ONNX ReLU or QCFS network) into an IF-neuron SNN for T steps."""

@@ -249,7 +249,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
             rmpe_granularity: str = "neuron", rmpe_sweeps: int = 1,
             thresholds: str = "search", mode: str = "multistep", chunk: int | None = None,
             finetune_data=None, epochs: int = 3,
-            finetune_lr: float = 1e-3, seed: int = 0,
+            finetune_lr: float | None = None, seed: int = 0,
             save_qcfs: str | os.PathLike | None = None,
             threads: int | None = None, device: Device = "cpu",
             providers: Sequence[str] | None = None, max_memory: int | None = None,
@@ -269,8 +269,9 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     ``thresholds``: ``search`` (default) chooses each ReLU layer's threshold for ``T`` from
     the ``percentile`` start (:mod:`onnx_rmpe.thresholds`; ``result.threshold_search``
     reports it); ``percentile`` keeps the start. Trained QCFS thresholds are kept.
-    ``finetune_data`` (labelled) runs stage 1 first: QCFS fine-tuning for ``epochs`` epochs
-    (:func:`onnx_rmpe.finetune.finetune`, needs torch); its first ``calib_samples`` inputs
+    ``finetune_data`` (labelled, or unlabelled: then it distils) runs stage 1 first: QCFS
+    fine-tuning for ``epochs`` epochs at ``finetune_lr`` (None: the recipe's default;
+    :func:`onnx_rmpe.finetune.finetune`, needs torch); its first ``calib_samples`` inputs
     calibrate RMPE when ``calib`` is not given. ``output`` (if
     given) receives the SNN; ``save_qcfs`` the QCFS ANN. Nothing is written unless the
     whole conversion succeeds. ``device`` (``cpu`` or ``cuda``, which needs

@@ -3,10 +3,13 @@
 Steps: :func:`onnx_rmpe.convert.build_qcfs` turns the ReLU ANN into the post-training
 QCFS ANN (thresholds ``lam`` = a high percentile of each layer's positive
 pre-activations on the training data), :class:`onnx_rmpe.torch.OnnxModule` makes it
-trainable, Adam minimises the cross-entropy with a straight-through floor (weights and
-every ``lam`` train), and the trained values are written back into the same ONNX graph.
-The result is a QCFS model that :func:`onnx_rmpe.convert.convert` turns into an SNN
-without recalibrating its thresholds.
+trainable, and :func:`onnx_rmpe.torch.training.fit` trains weights and every ``lam``
+(straight-through floor) with the recipe of :class:`onnx_rmpe.recipe.Recipe`: by default
+SGD with momentum 0.9, lr 0.01 decayed by a cosine to 0, batch 128. The loss is the
+cross-entropy on the labels, the distillation loss against the input network's logits
+(the teacher, run in onnxruntime), or a mix; data without labels is fine-tuned by pure
+distillation. The trained values are written back into the same ONNX graph: a QCFS model
+that :func:`onnx_rmpe.convert.convert` turns into an SNN without recalibrating ``lam``.
 
 Deterministic for a given ``seed`` on CPU (seeded torch, seeded shuffling, deterministic
 algorithms while training).
@@ -17,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,11 +28,15 @@ import onnx
 from onnx_rmpe.data import Dataset, check_fits, load_data
 from onnx_rmpe.errors import MissingDependencyError, OptionError
 from onnx_rmpe.modelio import neuron_attributes, set_metadata
+from onnx_rmpe.recipe import Recipe, check_augmentable
 from onnx_rmpe.runtime.neurons import QCFS_OP
 
 logger = logging.getLogger(__name__)
 
 CALIB_SAMPLES = 1024
+#: distillation weight when the data has labels (0, 0.5 and 1 measured within 0.3 point of
+#: each other on the ground-truth net: benchmarks/finetune_fashion.py)
+DEFAULT_DISTILL = 0.0
 
 
 @dataclass
@@ -45,7 +51,8 @@ class EpochStats:
 class FinetuneResult:
     """The fine-tuned QCFS model, its thresholds and the per-epoch history.
 
-    ``initial_val_accuracy`` is the post-training QCFS accuracy (before any epoch).
+    ``initial_val_accuracy`` is the post-training QCFS accuracy (before any epoch);
+    ``distill`` the weight of the distillation loss that was used (1: no labels used).
     """
 
     model: onnx.ModelProto
@@ -54,6 +61,7 @@ class FinetuneResult:
     initial_thresholds: dict[str, float]
     initial_val_accuracy: float | None
     history: list[EpochStats] = field(default_factory=list)
+    distill: float = 0.0
 
     @property
     def val_accuracy(self) -> float | None:
@@ -61,16 +69,29 @@ class FinetuneResult:
 
 
 def finetune(model: str | os.PathLike | onnx.ModelProto, data, *, levels: int = 4,
-             epochs: int = 3, lr: float = 1e-3, batch_size: int = 64, val=None,
-             percentile: float = 99.9, seed: int = 0, maxpool_to_avgpool: bool = False,
-             progress: bool = True) -> FinetuneResult:
+             epochs: int = 3, optimizer: str = "sgd", lr: float | None = None,
+             momentum: float = 0.9, weight_decay: float = 0.0, schedule: str = "cosine",
+             batch_size: int = 128, distill: float | None = None, temperature: float = 1.0,
+             augment: bool = False, val=None, percentile: float = 99.9, seed: int = 0,
+             maxpool_to_avgpool: bool = False, progress: bool = True) -> FinetuneResult:
     """Fine-tune the QCFS version of an ONNX ReLU (or QCFS) classifier.
 
-    ``data`` and ``val``: anything :func:`onnx_rmpe.data.load_data` takes, with labels
-    ``y``. ``val`` gives the held-out accuracy per epoch (None: not measured).
-    ``maxpool_to_avgpool`` replaces max pools by average pools before fine-tuning (the
-    converter handles max pools exactly, so this is off by default).
+    ``data``: anything :func:`onnx_rmpe.data.load_data` takes; labels ``y`` are optional.
+    ``distill`` is the weight of the distillation loss (see
+    :mod:`onnx_rmpe.torch.training`): ``None`` picks :data:`DEFAULT_DISTILL` when the data
+    has labels and 1 (pure distillation from the input model's logits) when it has none.
+    ``optimizer`` (``sgd``/``adam``), ``lr`` (``None``: 0.01 for SGD, 1e-3 for Adam),
+    ``momentum`` (SGD), ``weight_decay``, ``schedule`` (``cosine``/``onecycle``/
+    ``constant``, per step), ``temperature`` and ``augment`` (random shifts of up to 2
+    pixels) set the recipe. ``val`` (labelled) gives the held-out accuracy per epoch
+    (None: not measured). ``maxpool_to_avgpool`` replaces max pools by average pools
+    before fine-tuning (the converter handles max pools exactly, so this is off by default).
     """
+    recipe = Recipe(optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                    schedule=schedule, batch_size=batch_size, distill=distill,
+                    temperature=temperature, augment=augment)
+    _check_options(levels, epochs, percentile)
+    recipe.check()
     try:
         import torch
     except ImportError:
@@ -79,11 +100,13 @@ def finetune(model: str | os.PathLike | onnx.ModelProto, data, *, levels: int = 
     from onnx_rmpe.modelio import read_model
     from onnx_rmpe.torch.interpreter import OnnxModule
 
-    _check_options(levels, epochs, lr, batch_size)
     proto, source = read_model(model)
+    teacher_proto = proto
     if maxpool_to_avgpool:
         proto = maxpool_as_avgpool(proto)
-    train = load_data(data, require_labels=True)
+    train = load_data(data)
+    check_augmentable(recipe, train.x)
+    weight = distill_weight(recipe.distill, train)
     held = load_data(val, require_labels=True) if val is not None else None
     rng = np.random.default_rng(seed)
     calib = Dataset(train.x[rng.permutation(len(train))[:CALIB_SAMPLES]], None, train.source)
@@ -91,54 +114,78 @@ def finetune(model: str | os.PathLike | onnx.ModelProto, data, *, levels: int = 
     for ds in (train, held) if held is not None else (train,):
         check_fits(ds, qcfs)
     levels = int(neuron_attributes(qcfs, QCFS_OP).get("levels", levels))  # a QCFS input keeps its L
+    teacher = _teacher(teacher_proto, torch.get_num_threads()) if weight > 0 else None
     with _deterministic(torch, seed):
         net = OnnxModule(qcfs)
         result = FinetuneResult(qcfs, levels, dict(initial), dict(initial),
-                                _accuracy(torch, net, held, batch_size))
-        _train(torch, net, train, held, result, epochs=epochs, lr=lr, batch_size=batch_size,
-               seed=seed, progress=progress)
+                                _accuracy(torch, net, held, batch_size), distill=weight)
+        _train(torch, net, train, held, result, recipe=recipe, distill=weight,
+               teacher=teacher, epochs=epochs, seed=seed, progress=progress)
     result.model = net.to_onnx()
     result.thresholds = net.thresholds()
-    for key, value in {"onnx_rmpe.finetune.epochs": str(epochs), "onnx_rmpe.finetune.lr": str(lr),
-                       "onnx_rmpe.finetune.seed": str(seed)}.items():
-        set_metadata(result.model, key, value)
-    logger.info("fine-tuned %s: L=%d, %d epoch(s), accuracy %s -> %s", source, levels, epochs,
-                _pct(result.initial_val_accuracy), _pct(result.val_accuracy))
+    meta = {"epochs": epochs, "optimizer": optimizer, "lr": recipe.learning_rate,
+            "schedule": schedule, "batch_size": batch_size, "distill": weight,
+            "augment": augment, "seed": seed}
+    for key, value in meta.items():
+        set_metadata(result.model, f"onnx_rmpe.finetune.{key}", str(value))
+    logger.info("fine-tuned %s: L=%d, %d epoch(s), %s, accuracy %s -> %s", source, levels,
+                epochs, describe_loss(weight), _pct(result.initial_val_accuracy),
+                _pct(result.val_accuracy))
     return result
 
 
+def distill_weight(distill: float | None, train: Dataset) -> float:
+    """The distillation weight to use: labels decide the default; none forces 1."""
+    if train.y is None:
+        if distill is not None and distill < 1:
+            raise OptionError("--distill", f"the data '{train.source}' has no labels 'y', so "
+                              f"fine-tuning can only distil (weight 1), not {distill}; add "
+                              "labels 'y' or leave --distill out")
+        logger.info("no labels in '%s': distilling from the input network's logits",
+                    train.source)
+        return 1.0
+    return DEFAULT_DISTILL if distill is None else float(distill)
+
+
+def describe_loss(weight: float) -> str:
+    """``cross-entropy``, ``distillation`` or the mix, for logs and the CLI."""
+    if weight >= 1:
+        return "distillation from the input network's logits (no labels used)"
+    if weight <= 0:
+        return "cross-entropy on the labels"
+    return f"{1 - weight:g} x cross-entropy + {weight:g} x distillation"
+
+
+def _teacher(proto: onnx.ModelProto, threads: int):
+    """Logits of the input model (its first output) in onnxruntime, batch by batch."""
+    from onnx_rmpe.runtime.session import make_session
+
+    session = make_session(proto, threads=threads)
+    name, output = session.get_inputs()[0].name, session.get_outputs()[0].name
+    return lambda x: session.run([output], {name: x})[0].astype(np.float32, copy=False)
+
+
 def _train(torch, net, train: Dataset, held: Dataset | None, result: FinetuneResult, *,
-           epochs: int, lr: float, batch_size: int, seed: int, progress: bool) -> None:
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    X, Y = torch.from_numpy(train.x), torch.from_numpy(train.y.astype(np.int64))
-    gen = torch.Generator().manual_seed(seed)
-    steps = -(-len(X) // batch_size)
+           recipe: Recipe, distill: float, teacher, epochs: int, seed: int,
+           progress: bool) -> None:
+    from onnx_rmpe.torch.training import fit
+
+    steps = -(-len(train) // recipe.batch_size)
     with _progress(progress) as bar:
         task = bar.add_task("fine-tuning", total=epochs * steps, status="") if bar else None
-        for epoch in range(1, epochs + 1):
-            start, total, seen = time.perf_counter(), 0.0, 0
-            net.train()
-            perm = torch.randperm(len(X), generator=gen)
-            for i in range(0, len(X), batch_size):
-                idx = perm[i:i + batch_size]
-                opt.zero_grad()
-                loss = torch.nn.functional.cross_entropy(net(X[idx]), Y[idx])
-                loss.backward()
-                opt.step()
-                with torch.no_grad():
-                    for lam in net.lam_parameters():
-                        lam.clamp_(min=1e-4)
-                total, seen = total + float(loss.detach()) * len(idx), seen + len(idx)
-                if bar:
-                    bar.update(task, advance=1)
-            acc = _accuracy(torch, net, held, batch_size)
-            stats = EpochStats(epoch, total / seen, acc, time.perf_counter() - start)
-            result.history.append(stats)
+
+        def on_epoch(epoch: int, loss: float, seconds: float) -> None:
+            acc = _accuracy(torch, net, held, recipe.batch_size)
+            result.history.append(EpochStats(epoch, loss, acc, seconds))
             logger.info("epoch %d/%d: loss %.4f, held-out accuracy %s, %.1fs", epoch, epochs,
-                        stats.loss, _pct(acc), stats.seconds)
+                        loss, _pct(acc), seconds)
             if bar:
-                bar.update(task, status=f"epoch {epoch}: loss {stats.loss:.4f}, "
+                bar.update(task, status=f"epoch {epoch}: loss {loss:.4f}, "
                                         f"held-out acc {_pct(acc)}")
+
+        fit(net, train.x, train.y, recipe=recipe, distill=distill, teacher=teacher,
+            epochs=epochs, seed=seed, on_epoch=on_epoch,
+            on_step=(lambda: bar.update(task, advance=1)) if bar else None)
 
 
 def _accuracy(torch, net, data: Dataset | None, batch_size: int) -> float | None:
@@ -175,15 +222,13 @@ def maxpool_as_avgpool(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def _check_options(levels: int, epochs: int, lr: float, batch_size: int) -> None:
+def _check_options(levels: int, epochs: int, percentile: float) -> None:
     if levels < 1:
         raise OptionError("--levels", f"must be at least 1, got {levels}")
     if epochs < 0:
         raise OptionError("--epochs", f"must be at least 0, got {epochs}")
-    if not lr > 0:
-        raise OptionError("--lr", f"must be positive, got {lr}")
-    if batch_size < 1:
-        raise OptionError("--batch-size", f"must be at least 1, got {batch_size}")
+    if not 0 < percentile <= 100:
+        raise OptionError("--percentile", f"must be in (0, 100], got {percentile}")
 
 
 @contextlib.contextmanager
@@ -212,4 +257,5 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
-__all__ = ["EpochStats", "FinetuneResult", "finetune", "maxpool_as_avgpool"]
+__all__ = ["DEFAULT_DISTILL", "EpochStats", "FinetuneResult", "describe_loss", "distill_weight",
+           "finetune", "maxpool_as_avgpool"]
