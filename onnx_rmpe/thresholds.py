@@ -36,11 +36,13 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnx_rmpe.calibrate import CURRENT_CACHE_BYTES, _Feeder, _new_cache, _ram_cache
+from onnx_rmpe.calibrate import CURRENT_CACHE_BYTES, _Feeder, _ram_cache
 from onnx_rmpe.data import Dataset
+from onnx_rmpe.outputs import WORK_PREFIX
 from onnx_rmpe.runtime.neurons import DOMAIN, QCFS_OP, if_reference
 from onnx_rmpe.runtime.segments import segments
 from onnx_rmpe.runtime.session import Device, batches, make_session
+from onnx_rmpe.runtime.spike_cache import SpikeStore
 from onnx_rmpe.runtime.statistics import expose_outputs
 
 logger = logging.getLogger(__name__)
@@ -92,7 +94,8 @@ def search_thresholds(snn: onnx.ModelProto, qcfs: onnx.ModelProto, data: Dataset
     last_use = {name: i for i, s in enumerate(segs) for name in s.spike_inputs}
     chosen: dict[str, float] = {}
     reports = []
-    with tempfile.TemporaryDirectory(prefix="onnx-rmpe-thr-") as cache_dir:
+    with tempfile.TemporaryDirectory(prefix=WORK_PREFIX) as cache_dir:
+        store = SpikeStore(cache_dir)
         targets = _relu_activations(relu_reference(qcfs), data, names, batch_size, threads,
                                     device, cache_dir)
         caches: dict[str, np.ndarray] = {}
@@ -117,9 +120,9 @@ def search_thresholds(snn: onnx.ModelProto, qcfs: onnx.ModelProto, data: Dataset
             logger.debug("thresholds: %s %.4g -> %.4g (error %.4g -> %.4g)", layer.name, start,
                          theta, errors[0] / n, errors[best] / n)
             if last_use.get(layer.spikes, -1) > i:
-                caches[layer.spikes] = _spikes(feed, theta, T, phi, batch_size, cache_dir)
+                caches[layer.spikes] = _spikes(feed, theta, T, phi, batch_size, store)
             for name in [k for k, last in last_use.items() if last == i and k in caches]:
-                del caches[name]
+                store.free(caches.pop(name))
         del targets, caches
     logger.info("thresholds for T=%d chosen for %d layer(s) on %d samples in %.1fs", T,
                 len(chosen), len(data), time.perf_counter() - start_time)
@@ -151,13 +154,14 @@ def _errors(feed: _Feeder, target: np.ndarray, candidates: list[float], T: int, 
 
 
 def _spikes(feed: _Feeder, theta: float, T: int, phi: float, batch_size: int,
-            cache_dir: str) -> np.ndarray:
-    """The layer's spike trains ``[T, samples, ...]`` at ``theta`` (memory-mapped)."""
+            store: SpikeStore):
+    """The layer's spike trains ``[T, samples, ...]`` at ``theta`` (one bit per spike, on
+    disk)."""
     out = None
     for sl in batches(len(feed.ds), batch_size):
         spikes, _ = if_reference(feed.current(sl), theta, 0.0, phi)
         if out is None:
-            out = _new_cache(cache_dir, (T, len(feed.ds)) + spikes.shape[2:])
+            out = store.new((T, len(feed.ds)) + spikes.shape[2:])
         out[:, sl] = spikes
     feed.finish_pass()
     return out

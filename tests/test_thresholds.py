@@ -121,5 +121,5 @@ def _without_initializers(model):
 
 def test_unknown_threshold_mode_is_an_option_error(resnet, digits_data):
     (x, _), _ = digits_data
-    with pytest.raises(OptionError, match="--thresholds"):
+    with pytest.raises(OptionError, match="thresholds"):
         convert(resnet, T=2, calib=x[:64], thresholds="best")

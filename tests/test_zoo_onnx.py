@@ -269,8 +269,8 @@ def test_batchnorm_before_padded_conv_stays_and_runs_on_spikes(rng):
     graph, changed = fold_batchnorm_forward(_graph_of(model))
     assert not changed and "BatchNormalization" in [n.op for n in graph.nodes]
     x = rng.normal(size=(64, 2, 6, 6)).astype(np.float32)
-    err2, err64 = _rel_errors(model, x, 64, (2, 64))
-    assert err64 < 0.3 * err2 and err64 < 0.1, (err2, err64)
+    err2, err64 = _rel_errors(model, x, 64, (2, 64), thresholds="percentile")
+    assert err64 < 0.3 * err2 and err64 < 0.15, (err2, err64)
 
 
 def test_per_channel_mul_add_on_spikes(rng):
@@ -287,8 +287,8 @@ def test_per_channel_mul_add_on_spikes(rng):
             helper.make_node("Gemm", ["f", "fc"], ["y"])]
     model = _conv_net(rng, tail, inits, ["N", 3], mid=mid)
     x = rng.normal(size=(64, 2, 6, 6)).astype(np.float32)
-    err2, err64 = _rel_errors(model, x, 64, (2, 64))
-    assert err64 < 0.3 * err2 and err64 < 0.1, (err2, err64)
+    err2, err64 = _rel_errors(model, x, 64, (2, 64), thresholds="percentile")
+    assert err64 < 0.3 * err2 and err64 < 0.15, (err2, err64)
 
 
 def test_thresholds_do_not_depend_on_batch_size(rng):
