@@ -56,7 +56,7 @@ from onnx_rmpe.modelio import (
 )
 from onnx_rmpe.outputs import WORK_PREFIX, check_outputs
 from onnx_rmpe.passes.rmpe import set_initial_potentials
-from onnx_rmpe.runtime.memory import plan_batch
+from onnx_rmpe.runtime.memory import cache_limit, plan_batch
 from onnx_rmpe.runtime.neurons import DEFAULT_PHI, DOMAIN, IF_OP, QCFS_OP, if_reference
 from onnx_rmpe.runtime.progress import progress_bar
 from onnx_rmpe.runtime.segments import Layer, Segment, segments
@@ -176,6 +176,7 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
         store = SpikeStore(cache_dir)
         for sweep in range(sweeps):
             reports = _sweep(segs, ds, targets, v_inits, T, phi, granularity, batch_size,
+                             cache_limit(max_memory, CURRENT_CACHE_BYTES),
                              threads, device, store, bar, sweep)
     _warn_silent(reports)
     graph = to_graph(snn)
@@ -310,6 +311,7 @@ def _ann_means(qcfs: onnx.ModelProto, ds: Dataset, names: list[str], batch_size:
 
 
 def _sweep(segs: list[Segment], ds: Dataset, targets, v_inits, T, phi, granularity, batch_size,
+           current_bytes,
            threads, device, store, bar, sweep) -> list[LayerReport]:
     caches: dict[str, np.ndarray] = {}
     thetas = {s.layer.spikes: s.layer.theta for s in segs}
@@ -320,7 +322,7 @@ def _sweep(segs: list[Segment], ds: Dataset, targets, v_inits, T, phi, granulari
         session = make_session(seg.model, threads=threads, device=device)
         task = bar.add_task(f"sweep {sweep + 1}: {layer.name}", total=2 * len(ds))
         feed = _Feeder(seg, session, ds, caches, thetas, T,
-                       store=lambda shape: _ram_cache((T, len(ds)) + shape, CURRENT_CACHE_BYTES))
+                       store=lambda shape: _ram_cache((T, len(ds)) + shape, current_bytes))
         keep = last_use.get(layer.spikes, -1) > i
         cache = (lambda shape: store.new((T, len(ds)) + shape)) if keep else None
         r_prev, spikes_prev = _simulate(feed, layer, v_prev, T, phi, batch_size, bar, task, cache)

@@ -325,7 +325,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
         # post-training thresholds only: trained (fine-tuned) ones are the model's own
         chosen, search = search_thresholds(snn, qcfs, data, T=T, phi=DEFAULT_PHI,
                                            batch_size=batch_size, threads=threads,
-                                           device=device)
+                                           device=device, max_memory=max_memory)
         qcfs = set_thresholds(qcfs, chosen)
         set_metadata(qcfs, "onnx_rmpe.thresholds_from", f"search for T={T}")
         lams = {**lams, **chosen}

@@ -39,6 +39,7 @@ import onnx
 from onnx_rmpe.calibrate import CURRENT_CACHE_BYTES, _Feeder, _ram_cache
 from onnx_rmpe.data import Dataset
 from onnx_rmpe.outputs import WORK_PREFIX
+from onnx_rmpe.runtime.memory import cache_limit, plan_batch
 from onnx_rmpe.runtime.neurons import DOMAIN, QCFS_OP, if_reference
 from onnx_rmpe.runtime.segments import segments
 from onnx_rmpe.runtime.session import Device, batches, make_session
@@ -81,13 +82,16 @@ def relu_reference(qcfs: onnx.ModelProto) -> onnx.ModelProto:
 
 def search_thresholds(snn: onnx.ModelProto, qcfs: onnx.ModelProto, data: Dataset, *, T: int,
                       phi: float, batch_size: int = 128, threads: int | None = None,
-                      device: Device = "cpu") -> tuple[dict[str, float], list[ThresholdReport]]:
+                      device: Device = "cpu", max_memory: int | None = None
+                      ) -> tuple[dict[str, float], list[ThresholdReport]]:
     """Thresholds for ``T`` of the IF layers of ``snn`` (its QCFS ANN ``qcfs``), by name.
 
     ``snn`` is the uncalibrated SNN of ``qcfs`` (its thresholds are the starts). Returns
     ``{layer name: theta}`` and one :class:`ThresholdReport` per layer.
     """
     start_time = time.perf_counter()
+    batch_size = plan_batch(snn, batch_size, max_memory, what=f"the threshold search (T={T})")
+    current_bytes = cache_limit(max_memory, CURRENT_CACHE_BYTES)
     segs = segments(snn)
     names = [s.layer.name for s in segs]
     thetas = {s.layer.spikes: float(s.layer.theta) for s in segs}
@@ -103,7 +107,7 @@ def search_thresholds(snn: onnx.ModelProto, qcfs: onnx.ModelProto, data: Dataset
             layer = seg.layer
             session = make_session(seg.model, threads=threads, device=device)
             feed = _Feeder(seg, session, data, caches, thetas, T, store=lambda shape: _ram_cache(
-                (T, len(data)) + shape, CURRENT_CACHE_BYTES))
+                (T, len(data)) + shape, current_bytes))
             start = float(layer.theta)
             candidates = [start * s for s in SCALES]
             errors = _errors(feed, targets[layer.name], candidates, T, phi, batch_size)

@@ -101,6 +101,13 @@ def plan_batch(model: onnx.ModelProto, batch_size: int, budget: int | None, *,
     return int(min(batch_size, fits))
 
 
+def cache_limit(budget: int | None, default: int) -> int:
+    """Bytes a run may keep in RAM beside its batches: ``default``, at most a quarter of the
+    budget."""
+    budget = default_budget() if budget is None else budget
+    return int(min(default, budget // 4))
+
+
 def _human(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
