@@ -16,8 +16,8 @@ import logging
 
 import onnx_graphsurgeon as gs
 
+from onnx_rmpe.ops import DOMAIN, QCFS_OP
 from onnx_rmpe.passes.base import PassResult, producer
-from onnx_rmpe.runtime.neurons import DOMAIN, QCFS_OP
 
 logger = logging.getLogger(__name__)
 

@@ -35,10 +35,10 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnx_rmpe.ops import DEFAULT_PHI, DOMAIN, IF_CHUNK_OP, IF_OP, QCFS_OP
 from onnx_rmpe.passes.base import Names, PassResult, classify_tensors, const_value
 from onnx_rmpe.passes.streaming import STEP_STATE, StateBuilder
 from onnx_rmpe.passes.support import readout_nodes
-from onnx_rmpe.runtime.neurons import DEFAULT_PHI, DOMAIN, IF_CHUNK_OP, IF_OP, QCFS_OP
 
 logger = logging.getLogger(__name__)
 

@@ -39,8 +39,8 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnx_rmpe.ops import DOMAIN, QCFS_OP
 from onnx_rmpe.passes.base import Names, PassResult, const_value, producer
-from onnx_rmpe.runtime.neurons import DOMAIN, QCFS_OP
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnx_rmpe.errors import ConversionError
+from onnx_rmpe.ops import DEFAULT_PHI, DOMAIN, QCFS_OP
 from onnx_rmpe.passes.base import PassResult, const_value, name_nodes
-from onnx_rmpe.runtime.neurons import DEFAULT_PHI, DOMAIN, QCFS_OP
 
 logger = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnx_rmpe.errors import ConversionError
+from onnx_rmpe.ops import DOMAIN, IF_OP
 from onnx_rmpe.passes.base import PassResult
-from onnx_rmpe.runtime.neurons import DOMAIN, IF_OP
 
 logger = logging.getLogger(__name__)
 

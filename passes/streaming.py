@@ -41,8 +41,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnx_rmpe.errors import ConversionError
+from onnx_rmpe.ops import DEFAULT_PHI, DOMAIN, IF_OP
 from onnx_rmpe.passes.base import Names, PassResult, const_value
-from onnx_rmpe.runtime.neurons import DEFAULT_PHI, DOMAIN, IF_OP
 
 logger = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnx_rmpe.errors import OffendingNode, UnsupportedOpError
+from onnx_rmpe.ops import DOMAIN, IF_OP, QCFS_OP
 from onnx_rmpe.passes.base import PassResult, classify_tensors, const_value
 from onnx_rmpe.passes.relu_to_qcfs import is_relu_like
-from onnx_rmpe.runtime.neurons import DOMAIN, IF_OP, QCFS_OP
 
 #: Ops that are linear (affine) in their data inputs and keep the batch axis.
 LINEAR_OPS = frozenset({

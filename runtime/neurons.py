@@ -33,13 +33,15 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-DOMAIN = "onnx_rmpe"
-DOMAIN_VERSION = 1
-QCFS_OP = "QCFS"
-IF_OP = "IFNeuron"
-IF_CHUNK_OP = "IFNeuronChunk"
-DEFAULT_PHI = 0.5
-IF_FORMS = ("scan", "unrolled")
+from onnx_rmpe.ops import (  # noqa: F401 - re-exported: the vocabulary lives in the ground floor
+    DEFAULT_PHI,
+    DOMAIN,
+    DOMAIN_VERSION,
+    IF_CHUNK_OP,
+    IF_FORMS,
+    IF_OP,
+    QCFS_OP,
+)
 
 
 def default_form(T: int) -> str:
