@@ -17,7 +17,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnx_rmpe.modelio import ensure_functions, to_graph
-from onnx_rmpe.passes.rmpe import if_nodes
+from onnx_rmpe.ops import DOMAIN, IF_OP
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Segment:
 
 def snn_layers(graph: gs.Graph) -> list[Layer]:
     layers = []
-    for node in if_nodes(graph):
+    for node in [n for n in graph.toposort().nodes if n.domain == DOMAIN and n.op == IF_OP]:
         theta = node.inputs[1]
         if not isinstance(theta, gs.Constant):
             raise ValueError(f"IF node {node.name}: threshold is not a constant")
