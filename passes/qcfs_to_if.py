@@ -109,7 +109,7 @@ def qcfs_to_if(graph: gs.Graph, *, T: int, phi: float = DEFAULT_PHI, chunk: bool
 
     ``chunk``: the graph runs ``T`` steps per call with the state carried (module doc).
     ``form``: the IF body, ``unrolled`` or ``scan`` (default: chosen by T, see
-    :func:`onnx_rmpe.runtime.neurons.default_form`); recorded as a node attribute.
+    ``default_form`` of the runtime neuron module); recorded as a node attribute.
     """
     kinds = classify_tensors(graph)
     tail = readout_nodes(graph)

@@ -6,7 +6,7 @@
 
 with one threshold ``lam > 0`` per layer (for ``Clip`` at most ``m``), ``L`` levels and
 shift ``phi`` (0.5). The thresholds come from :func:`activation_sites` plus data (see
-``onnx_rmpe.runtime.statistics``); a site without a threshold is an error, never a guess.
+the runtime statistics module); a site without a threshold is an error, never a guess.
 
 Invariant: no Relu, ReLU-like Clip or Max remains; every QCFS node has a constant scalar
 threshold ``lam > 0`` named ``<node>.lam`` and attributes ``levels`` and ``phi``.

@@ -19,7 +19,7 @@ node. Every state input carries its initial value as a *default* (a constant gra
 an initializer of the same name, broadcast against the batch by the first step), so a
 first call may feed the data input alone; later calls feed back the ``_next`` outputs.
 The pass leaves the defaults in their broadcastable shape (a scalar, or ``v0``'s
-per-neuron shape); :func:`onnx_rmpe.runtime.streaming.snn_to_streaming` then declares
+per-neuron shape); ``snn_to_streaming`` (runtime streaming module) then declares
 each state ``[N, ...]`` and gives its default the shape ``[1, ...]``.
 
 The static tiling ``Concat([x] * T)`` becomes ``x``; the per-step split, ``CumSum`` and
