@@ -53,6 +53,14 @@ def producer(tensor: gs.Tensor) -> gs.Node | None:
     return tensor.inputs[0] if tensor.inputs else None
 
 
+def replace_uses(old: gs.Tensor, new: gs.Tensor) -> None:
+    """Make every consumer of ``old`` read ``new`` instead."""
+    for consumer in list(old.outputs):
+        for i, t in enumerate(consumer.inputs):
+            if t is old:
+                consumer.inputs[i] = new
+
+
 def name_nodes(graph: gs.Graph) -> bool:
     """Give every node a unique, stable name (exporters often leave them empty)."""
     seen: set[str] = set()

@@ -20,7 +20,14 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnx_rmpe.passes.base import PassResult, classify_tensors, const_value, name_nodes, producer
+from onnx_rmpe.passes.base import (
+    PassResult,
+    classify_tensors,
+    const_value,
+    name_nodes,
+    producer,
+    replace_uses,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +61,7 @@ def _remove_passthrough(graph: gs.Graph) -> bool:
                     consumer.inputs[consumer.inputs.index(inp)] = out
             src.outputs[src.outputs.index(inp)] = out
         else:
-            for consumer in list(out.outputs):
-                for i, t in enumerate(consumer.inputs):
-                    if t is out:
-                        consumer.inputs[i] = inp
+            replace_uses(out, inp)
         node.inputs.clear()
         node.outputs.clear()
         removed += 1

@@ -17,7 +17,7 @@ import logging
 
 import onnx_graphsurgeon as gs
 
-from onnx_rmpe.passes.base import Names, PassResult, producer
+from onnx_rmpe.passes.base import Names, PassResult, producer, replace_uses
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +78,7 @@ def _bypass(graph: gs.Graph, node: gs.Node) -> int:
             return 0
         src.outputs[src.outputs.index(inp)] = out
     else:
-        for consumer in list(out.outputs):
-            for i, t in enumerate(consumer.inputs):
-                if t is out:
-                    consumer.inputs[i] = inp
+        replace_uses(out, inp)
     node.inputs.clear()
     node.outputs.clear()
     return 1
