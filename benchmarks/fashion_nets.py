@@ -166,7 +166,8 @@ def torch_accuracy(net: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     return float((pred.numpy() == y).mean())
 
 
-def train(net: nn.Module, xtr, ytr, xte, yte, epochs: int, log) -> tuple[nn.Module, float]:
+def train(net: nn.Module, xtr, ytr, xte, yte, epochs: int, log,
+          shift: bool = False) -> tuple[nn.Module, float]:
     torch.manual_seed(SEED)
     steps = (len(xtr) + BATCH - 1) // BATCH
     opt = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=5e-4)
@@ -180,7 +181,7 @@ def train(net: nn.Module, xtr, ytr, xte, yte, epochs: int, log) -> tuple[nn.Modu
         for i in range(0, len(X), BATCH):
             idx = perm[i:i + BATCH]
             opt.zero_grad()
-            nn.functional.cross_entropy(net(augment(X[idx], gen)), Y[idx]).backward()
+            nn.functional.cross_entropy(net(augment(X[idx], gen, shift)), Y[idx]).backward()
             opt.step()
             sched.step()
             if i // BATCH % 50 == 49 and epoch == 0:
@@ -218,14 +219,15 @@ def cached(name: str) -> tuple[onnx.ModelProto, dict] | None:
     return onnx.load(str(path)), json.loads(meta.read_text())
 
 
-def build(name: str, data, *, epochs: int | None = None, log=print) -> dict:
+def build(name: str, data, *, epochs: int | None = None, log=print,
+          shift: bool = False) -> dict:
     """Train, export and cache net ``name``; returns its json record."""
     desc, make, default_epochs = NETS[name]
     epochs = epochs or default_epochs
     xtr, ytr, xte, yte = data
     torch.manual_seed(SEED)
     net, seconds = train(make(), xtr, ytr, xte, yte, epochs,
-                         lambda m: log(f"{name}: {m}"))
+                         lambda m: log(f"{name}: {m}"), shift)
     model = export(net)
     record = {"name": name, "description": desc, "epochs": epochs, "train_seconds": seconds,
               "train_samples": len(xtr), "test_accuracy_torch": torch_accuracy(net, xte, yte),
@@ -233,7 +235,7 @@ def build(name: str, data, *, epochs: int | None = None, log=print) -> dict:
               "input": "input [N, 1, 28, 28] float32", "output": "logits [N, 10]",
               "parameters": sum(p.numel() for p in net.parameters()),
               "recipe": f"AdamW wd 5e-4, OneCycle max lr 4e-3, batch {BATCH}, random "
-                        f"horizontal flip, "
+                        f"horizontal flip{' and 2-pixel shift' if shift else ''}, "
                         f"seed {SEED}, torch threads {torch.get_num_threads()}",
               "machine": f"2-core shared CPU ({platform.machine()}), no GPU; torch "
                          f"{torch.__version__}", "date": time.strftime("%Y-%m-%d %H:%M UTC",
@@ -253,6 +255,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=None, help="override the epochs")
     p.add_argument("--force", action="store_true", help="retrain even when cached")
     p.add_argument("--data", default=DATA)
+    p.add_argument("--shift", action="store_true", help="also random 2-pixel shifts")
     p.add_argument("--threads", type=int, default=2, help="torch threads for training")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -265,7 +268,7 @@ def main() -> None:
         if cached(name) is not None and not args.force:
             log(f"{name}: cached, skipped")
             continue
-        build(name, data, epochs=args.epochs, log=log)
+        build(name, data, epochs=args.epochs, log=log, shift=args.shift)
 
 
 if __name__ == "__main__":
