@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from onnx_rmpe.cli.finetune_options import echo_finetune, finetune_options
 from onnx_rmpe.cli.options import (
     guard_outputs,
     json_option,
@@ -50,13 +51,9 @@ from onnx_rmpe.cli.report import print_calibration, print_snn_report
                    "that fits --max-memory at --batch-size].")
 @click.option("--finetune-data", type=click.Path(dir_okay=False, path_type=Path),
               help="Training data (.npz with x, optional y): run QCFS fine-tuning first "
-                   "(stage 1, needs onnx-rmpe[torch]).")
-@click.option("--epochs", default=3, show_default=True, type=int,
-              help="Fine-tuning epochs (with --finetune-data).")
-@click.option("--lr", default=None, type=float,
-              help="Fine-tuning peak learning rate (with --finetune-data) [default: 0.01].")
-@click.option("--seed", default=0, show_default=True, type=int,
-              help="Fine-tuning seed (with --finetune-data).")
+                   "(stage 1, needs onnx-rmpe[torch]; the options below are those of "
+                   "`onnx-rmpe finetune`, with --train-batch-size for its --batch-size).")
+@finetune_options("--train-batch-size")
 @click.option("--save-qcfs", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the QCFS ANN (a valid ONNX model of its own) and, when RMPE "
                    "calibrates against a finer ANN (T > L), that target as PATH.target.onnx.")
@@ -68,8 +65,8 @@ from onnx_rmpe.cli.report import print_calibration, print_snn_report
 def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, levels: int | None,
                 percentile: float, calib_samples: int, rmpe: bool, rmpe_granularity: str,
                 rmpe_sweeps: int, mode: str, chunk: int | None,
-                finetune_data: Path | None, epochs: int,
-                lr: float | None, seed: int, save_qcfs: Path | None, report_dir: Path | None,
+                finetune_data: Path | None, finetune_options: dict,
+                save_qcfs: Path | None, report_dir: Path | None,
                 batch_size: int, threads: int | None, device: str, max_memory: int | None,
                 json_path: Path | None, thresholds: str = "search") -> None:
     """Convert MODEL (an ONNX ReLU or QCFS network) into an IF-neuron SNN for T steps."""
@@ -79,14 +76,17 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
     guard_outputs({"output": output, "save_qcfs": save_qcfs, "json_path": json_path,
                    "save_qcfs (target)":
                        None if save_qcfs is None else target_path_for(save_qcfs)},
-                  {"model": model, "calib": calib, "finetune_data": finetune_data})
+                  {"model": model, "calib": calib, "finetune_data": finetune_data,
+                   "val": finetune_options.get("val")})
     result = convert(model, T=T, calib=calib, output=output, levels=levels,
                      percentile=percentile, calib_samples=calib_samples, batch_size=batch_size,
                      rmpe=rmpe, rmpe_granularity=rmpe_granularity, rmpe_sweeps=rmpe_sweeps,
-                     mode=mode, chunk=chunk, finetune_data=finetune_data, epochs=epochs,
-                     finetune_lr=lr, seed=seed, save_qcfs=save_qcfs, threads=threads,
+                     mode=mode, chunk=chunk, finetune_data=finetune_data,
+                     finetune_options=finetune_options, save_qcfs=save_qcfs, threads=threads,
                      device=device, max_memory=max_memory, progress=not quiet(),
                      report_dir=report_dir, thresholds=thresholds)
+    if result.finetune is not None:
+        echo_finetune(result.finetune)
     click.echo(f"converted {model}: {len(result.thresholds)} spiking layer(s), T={T}, "
                f"L={result.levels}, RMPE {'on' if result.calibration else 'off'}, {mode}")
     if result.readout_activations:

@@ -14,7 +14,8 @@ from onnx_rmpe.errors import ConversionError, OptionError
 from onnx_rmpe.outputs import remove_stale_work_dirs
 
 #: API parameter names whose CLI option has another name.
-API_TO_CLI = {"finetune_lr": "lr", "samples": "calib_samples", "granularity": "rmpe_granularity",
+API_TO_CLI = {"finetune_lr": "lr", "finetune_options": "finetune_data",
+              "samples": "calib_samples", "granularity": "rmpe_granularity",
               "sweeps": "rmpe_sweeps", "snn": "model", "finetune_data": "finetune_data"}
 
 

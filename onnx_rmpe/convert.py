@@ -6,9 +6,10 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -47,6 +48,7 @@ from onnx_rmpe.passes.relu_to_qcfs import (
 )
 from onnx_rmpe.passes.simplify_ops import simplify_ops
 from onnx_rmpe.passes.support import check_supported
+from onnx_rmpe.recipe import check_finetune_options
 from onnx_rmpe.runtime.memory import default_budget, plan_batch
 from onnx_rmpe.runtime.neurons import DEFAULT_PHI
 from onnx_rmpe.runtime.session import Device
@@ -83,6 +85,8 @@ class ConversionResult:
     report: object | None = None  # ReportResult with report_dir (onnx_rmpe.report)
     #: ReLU-like nodes on a graph output, applied to the averaged outputs (not neurons).
     readout_activations: list[str] = field(default_factory=list)
+    #: Stage 1's FinetuneResult when ``finetune_data`` was given (onnx_rmpe.finetune).
+    finetune: object | None = None
 
 
 def _check_options(T, levels, percentile, calib_samples, batch_size, threads, mode,
@@ -248,8 +252,9 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
             calib_samples: int | None = 512, batch_size: int = 128, rmpe: bool = True,
             rmpe_granularity: str = "neuron", rmpe_sweeps: int = 1,
             thresholds: str = "search", mode: str = "multistep", chunk: int | None = None,
-            finetune_data=None, epochs: int = 3,
-            finetune_lr: float | None = None, seed: int = 0,
+            finetune_data=None, finetune_options: Mapping[str, Any] | None = None,
+            epochs: int | None = None, finetune_lr: float | None = None,
+            seed: int | None = None,
             save_qcfs: str | os.PathLike | None = None,
             threads: int | None = None, device: Device = "cpu",
             providers: Sequence[str] | None = None, max_memory: int | None = None,
@@ -270,9 +275,13 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     the ``percentile`` start (:mod:`onnx_rmpe.thresholds`; ``result.threshold_search``
     reports it); ``percentile`` keeps the start. Trained QCFS thresholds are kept.
     ``finetune_data`` (labelled, or unlabelled: then it distils) runs stage 1 first: QCFS
-    fine-tuning for ``epochs`` epochs at ``finetune_lr`` (None: the recipe's default;
-    :func:`onnx_rmpe.finetune.finetune`, needs torch); its first ``calib_samples`` inputs
-    calibrate RMPE when ``calib`` is not given. ``output`` (if
+    fine-tuning by :func:`onnx_rmpe.finetune.finetune` (needs torch) with its keywords in
+    ``finetune_options`` (``epochs``, ``lr``, ``batch_size`` (of the training), ``val``,
+    ...; :data:`onnx_rmpe.recipe.FINETUNE_OPTIONS`; the rest at finetune's defaults, L
+    = ``levels`` or finetune's default); ``epochs``, ``finetune_lr`` and ``seed`` are
+    shorthands for three of them. Fine-tuning options without ``finetune_data`` are
+    refused. Its first ``calib_samples`` inputs calibrate RMPE when ``calib`` is not
+    given. ``output`` (if
     given) receives the SNN; ``save_qcfs`` the QCFS ANN. Nothing is written unless the
     whole conversion succeeds. ``device`` (``cpu`` or ``cuda``, which needs
     onnxruntime-gpu) or ``providers`` (onnxruntime provider names, which win) choose where
@@ -287,6 +296,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     start = time.perf_counter()
     _check_options(T, levels, percentile, calib_samples, batch_size, threads, mode, rmpe_sweeps)
     validate.choice("thresholds", thresholds, THRESHOLDS)
+    tuning = _finetune_options(finetune_data, finetune_options, epochs=epochs, lr=finetune_lr,
+                               seed=seed)
     check_outputs({"output": output, "save_qcfs": save_qcfs,
                    "save_qcfs (target)":
                        None if save_qcfs is None else target_path_for(save_qcfs)},
@@ -309,10 +320,16 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
         from onnx_rmpe.finetune import finetune
 
         chosen = {} if levels is None else {"levels": levels}  # else finetune's default L
-        tuned = finetune(proto, finetune_data, **chosen, epochs=epochs, lr=finetune_lr,
-                         batch_size=batch_size, percentile=percentile, seed=seed,
-                         progress=progress)
+        try:
+            tuned = finetune(proto, finetune_data, **chosen, **tuning, percentile=percentile,
+                             progress=progress)
+        except OptionError as exc:  # convert's batch_size is onnxruntime's
+            if exc.option == "batch_size":
+                raise OptionError("train_batch_size", exc.reason) from None
+            raise
         proto, levels = tuned.model, tuned.levels
+    else:
+        tuned = None
     data = load_data(calib).head(calib_samples) if calib is not None else None
     qcfs, lams = build_qcfs(proto, data, levels=levels, percentile=percentile,
                             batch_size=batch_size, threads=threads, device=device,
@@ -357,7 +374,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
 
         snn = snn_to_unrolled(snn)
     result = ConversionResult(snn, qcfs, T, levels, lams, calibration=calibration,
-                              report=snn_report, threshold_search=search)
+                              report=snn_report, threshold_search=search, finetune=tuned)
     readout = get_metadata(qcfs).get("onnx_rmpe.readout_activations", "")
     result.readout_activations = readout.split(",") if readout else []
     anns = _anns_to_save(qcfs, calibration, levels, save_qcfs) if save_qcfs is not None else []
@@ -374,6 +391,23 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     logger.info("converted %s: %d spiking layer(s), T=%d, L=%d in %.1fs", source,
                 len(lams), T, levels, result.seconds)
     return result
+
+
+def _finetune_options(finetune_data, options: Mapping[str, Any] | None, **shorthands
+                      ) -> dict[str, Any]:
+    """The keywords for ``finetune``: ``options`` plus the shorthands that were given."""
+    tuning = {k: v for k, v in shorthands.items() if v is not None}
+    tuning.update(options or {})
+    if finetune_data is None:
+        if tuning:
+            key = next(iter(tuning))
+            name = {"batch_size": "train_batch_size", "lr": "finetune_lr"}.get(key, key)
+            raise OptionError(name, "is a fine-tuning option: it applies only with "
+                                    "finetune_data (--finetune-data); give training data or "
+                                    "drop it")
+        return {}
+    check_finetune_options(tuning, batch_name="train_batch_size")
+    return tuning
 
 
 def _chunked(qcfs: onnx.ModelProto, snn: onnx.ModelProto, T: int, chunk: int | None,

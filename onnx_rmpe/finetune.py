@@ -28,7 +28,7 @@ import onnx
 from onnx_rmpe.data import Dataset, check_fits, load_data
 from onnx_rmpe.errors import MissingDependencyError, OptionError
 from onnx_rmpe.modelio import neuron_attributes, set_metadata
-from onnx_rmpe.recipe import Recipe, check_augmentable
+from onnx_rmpe.recipe import DEFAULT_EPOCHS, DEFAULT_LEVELS, Recipe, check_augmentable
 from onnx_rmpe.runtime.neurons import QCFS_OP
 
 logger = logging.getLogger(__name__)
@@ -68,8 +68,8 @@ class FinetuneResult:
         return self.history[-1].val_accuracy if self.history else self.initial_val_accuracy
 
 
-def finetune(model: str | os.PathLike | onnx.ModelProto, data, *, levels: int = 4,
-             epochs: int = 3, optimizer: str = "sgd", lr: float | None = None,
+def finetune(model: str | os.PathLike | onnx.ModelProto, data, *, levels: int = DEFAULT_LEVELS,
+             epochs: int = DEFAULT_EPOCHS, optimizer: str = "sgd", lr: float | None = None,
              momentum: float = 0.9, weight_decay: float = 0.0, schedule: str = "cosine",
              batch_size: int = 128, distill: float | None = None, temperature: float = 1.0,
              augment: bool = False, val=None, percentile: float = 99.9, seed: int = 0,
@@ -138,7 +138,7 @@ def distill_weight(distill: float | None, train: Dataset) -> float:
     """The distillation weight to use: labels decide the default; none forces 1."""
     if train.y is None:
         if distill is not None and distill < 1:
-            raise OptionError("--distill", f"the data '{train.source}' has no labels 'y', so "
+            raise OptionError("distill", f"the data '{train.source}' has no labels 'y', so "
                               f"fine-tuning can only distil (weight 1), not {distill}; add "
                               "labels 'y' or leave --distill out")
         logger.info("no labels in '%s': distilling from the input network's logits",
@@ -212,7 +212,7 @@ def maxpool_as_avgpool(model: onnx.ModelProto) -> onnx.ModelProto:
         elif node.op_type == "MaxPool":
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
             if any(d != 1 for d in attrs.get("dilations", [])) or len(node.output) > 1:
-                raise OptionError("--maxpool-to-avgpool", f"MaxPool node '{node.name}' has "
+                raise OptionError("maxpool_to_avgpool", f"MaxPool node '{node.name}' has "
                                   "dilations or an Indices output; it cannot become AveragePool")
             keep = [a for a in node.attribute if a.name not in ("dilations", "storage_order")]
             del node.attribute[:]
@@ -224,11 +224,11 @@ def maxpool_as_avgpool(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _check_options(levels: int, epochs: int, percentile: float) -> None:
     if levels < 1:
-        raise OptionError("--levels", f"must be at least 1, got {levels}")
+        raise OptionError("levels", f"must be at least 1, got {levels}")
     if epochs < 0:
-        raise OptionError("--epochs", f"must be at least 0, got {epochs}")
+        raise OptionError("epochs", f"must be at least 0, got {epochs}")
     if not 0 < percentile <= 100:
-        raise OptionError("--percentile", f"must be in (0, 100], got {percentile}")
+        raise OptionError("percentile", f"must be in (0, 100], got {percentile}")
 
 
 @contextlib.contextmanager
