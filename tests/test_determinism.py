@@ -29,7 +29,7 @@ def cnn(digits_data):
     return export_torch(_cnn().eval(), x)
 
 
-@pytest.mark.parametrize("mode", ["multistep", "streaming"])
+@pytest.mark.parametrize("mode", ["multistep", "streaming", "unrolled"])
 def test_same_inputs_same_bytes(cnn, digits_data, tmp_path, mode):
     (x, _), _ = digits_data
     digests = []
