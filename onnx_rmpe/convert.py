@@ -17,6 +17,7 @@ from onnx_rmpe import __version__, validate
 from onnx_rmpe.calibrate import CLIP_LEVELS, CalibrationResult, calibrate, qcfs_with_levels
 from onnx_rmpe.data import Dataset, check_fits, load_data
 from onnx_rmpe.errors import ConversionError, OptionError
+from onnx_rmpe.forms import snn_to_streaming
 from onnx_rmpe.modelio import (
     default_opset,
     get_metadata,
@@ -32,26 +33,13 @@ from onnx_rmpe.modelio import (
 )
 from onnx_rmpe.outputs import check_outputs
 from onnx_rmpe.passes.base import run_passes
-from onnx_rmpe.passes.fold_batchnorm import fold_batchnorm
-from onnx_rmpe.passes.fold_batchnorm_forward import fold_batchnorm_forward
-from onnx_rmpe.passes.maxpool_reorder import maxpool_reorder
-from onnx_rmpe.passes.normalize import normalize
-from onnx_rmpe.passes.qcfs_to_if import qcfs_to_if
-from onnx_rmpe.passes.readout import sink_readout
-from onnx_rmpe.passes.recognize_qcfs import recognize_qcfs
-from onnx_rmpe.passes.relu_to_qcfs import (
-    activation_sites,
-    output_activations,
-    qcfs_nodes,
-    relu_to_qcfs,
-)
-from onnx_rmpe.passes.simplify_ops import simplify_ops
+from onnx_rmpe.passes.pipeline import if_passes, prepare_passes, qcfs_passes
+from onnx_rmpe.passes.relu_to_qcfs import activation_sites, output_activations, qcfs_nodes
 from onnx_rmpe.passes.support import check_supported
 from onnx_rmpe.runtime.memory import default_budget, plan_batch
 from onnx_rmpe.runtime.neurons import DEFAULT_PHI
 from onnx_rmpe.runtime.session import Device
 from onnx_rmpe.runtime.statistics import positive_percentiles
-from onnx_rmpe.runtime.streaming import snn_to_streaming
 from onnx_rmpe.thresholds import ThresholdReport, search_thresholds, set_thresholds
 
 logger = logging.getLogger(__name__)
@@ -125,12 +113,8 @@ def build_qcfs(model: onnx.ModelProto, data: Dataset | None, *, levels: int | No
                max_memory: int | None = None) -> tuple[onnx.ModelProto, dict]:
     """Normalize a (ReLU or QCFS) ANN and return the QCFS ANN with its thresholds."""
     prepared = prepare(model, source)
-    graph = run_passes(to_graph(prepared), [
-        ("normalize", normalize), ("simplify_ops", simplify_ops),
-        ("sink_readout", sink_readout), ("fold_batchnorm", fold_batchnorm),
-        ("fold_batchnorm_forward", fold_batchnorm_forward),
-        ("recognize_qcfs", recognize_qcfs), ("check_supported", check_supported),
-    ])
+    graph = run_passes(to_graph(prepared), prepare_passes())
+    check_supported(graph)
     if len(graph.inputs) != 1:
         names = ", ".join(t.name for t in graph.inputs)
         raise ConversionError(f"model '{source}' has {len(graph.inputs)} inputs ({names}); "
@@ -167,10 +151,7 @@ def build_qcfs(model: onnx.ModelProto, data: Dataset | None, *, levels: int | No
                                    percentile=percentile, batch_size=batch_size,
                                    threads=threads, device=device)
         thresholds = {s.node: _usable(pct[s.pre_activation], s) for s in sites}
-    graph = run_passes(graph, [
-        ("relu_to_qcfs", lambda g: relu_to_qcfs(g, thresholds=thresholds, levels=levels)),
-        ("maxpool_reorder", maxpool_reorder),
-    ])
+    graph = run_passes(graph, qcfs_passes(thresholds=thresholds, levels=levels))
     for node in qcfs_nodes(graph):
         thresholds[node.name] = float(np.asarray(node.inputs[1].values))
     qcfs = to_model(graph, keep_shapes=True, metadata={
@@ -234,8 +215,7 @@ def qcfs_to_snn(qcfs: onnx.ModelProto, *, T: int, phi: float = DEFAULT_PHI,
 
     ``form``: the IF body (``unrolled``/``scan``; default by T), same spikes either way.
     """
-    graph = run_passes(to_graph(qcfs), [
-        ("qcfs_to_if", lambda g: qcfs_to_if(g, T=T, phi=phi, form=form))])
+    graph = run_passes(to_graph(qcfs), if_passes(T=T, phi=phi, form=form))
     meta = get_metadata(qcfs)
     meta.update({"onnx_rmpe.kind": "snn", "onnx_rmpe.T": str(T), "onnx_rmpe.phi": str(phi),
                  "onnx_rmpe.rmpe": "none"})
