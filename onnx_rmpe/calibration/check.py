@@ -1,6 +1,4 @@
 """The final check of RMPE calibration: keep the calibrated SNN unless it moved away from the ANN.
-
-Moved from ``onnx_rmpe/calibrate.py`` unchanged (see :mod:`onnx_rmpe.calibration`).
 """
 
 from __future__ import annotations
@@ -20,6 +18,7 @@ logger = logging.getLogger(__name__)
 #: The check rejects a calibration only when it moves the SNN's outputs away from the
 #: ANN's by more than this many standard errors of the paired per-sample change.
 REJECT_Z = 3.0
+
 
 def _check(result: CalibrationResult, before: onnx.ModelProto, reference: onnx.ModelProto,
            ds: Dataset, batch_size: int, threads: int | None, device: Device) -> onnx.ModelProto:

@@ -1,6 +1,4 @@
 """The ``calibrate`` job: load, check, sweep, check again, save.
-
-Moved from ``onnx_rmpe/calibrate.py`` unchanged (see :mod:`onnx_rmpe.calibration`).
 """
 
 from __future__ import annotations
@@ -18,7 +16,7 @@ import onnx
 from onnx_rmpe import validate
 from onnx_rmpe.calibration.check import _check, _warn_silent
 from onnx_rmpe.calibration.results import CalibrationResult
-from onnx_rmpe.calibration.sweep import CURRENT_CACHE_BYTES, _sweep
+from onnx_rmpe.calibration.sweep import CURRENT_CACHE_BYTES, SweepSettings, _sweep
 from onnx_rmpe.calibration.targets import _ann_means, qcfs_with_levels
 from onnx_rmpe.data import check_fits, load_data
 from onnx_rmpe.errors import ConversionError
@@ -46,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 
 GRANULARITIES = ("neuron", "channel")
+
 
 def _snn_settings(snn: onnx.ModelProto) -> tuple[int, float]:
     """T and phi of the (model-wide) IF neurons, read from the node attributes."""
@@ -112,9 +111,10 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
             progress_bar(progress, "RMPE") as bar:
         store = SpikeStore(cache_dir)
         for sweep in range(sweeps):
-            reports = _sweep(segs, ds, targets, v_inits, T, phi, granularity, batch_size,
-                             cache_limit(max_memory, CURRENT_CACHE_BYTES),
-                             threads, device, store, bar, sweep)
+            settings = SweepSettings(T, phi, granularity, batch_size,
+                                     cache_limit(max_memory, CURRENT_CACHE_BYTES),
+                                     threads, device)
+            reports = _sweep(segs, ds, targets, v_inits, settings, store, bar, sweep)
     _warn_silent(reports)
     graph = to_graph(snn)
     set_initial_potentials(graph, v_inits=v_inits)

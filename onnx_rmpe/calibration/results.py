@@ -1,6 +1,4 @@
 """The results of an RMPE calibration: per-layer figures and the calibrated SNN.
-
-Moved from ``onnx_rmpe/calibrate.py`` unchanged (see :mod:`onnx_rmpe.calibration`).
 """
 
 from __future__ import annotations

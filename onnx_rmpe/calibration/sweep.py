@@ -1,19 +1,21 @@
 """The layer-by-layer sweep of RMPE calibration: segments, neuron simulation, corrections.
 
-Moved from ``onnx_rmpe/calibrate.py`` unchanged (see :mod:`onnx_rmpe.calibration`).
+The input currents come from :class:`onnx_rmpe.runtime.feeder.SegmentFeeder`.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
 from onnx_rmpe.calibration.results import LayerReport
 from onnx_rmpe.data import Dataset
+from onnx_rmpe.runtime.feeder import SegmentFeeder, ram_cache
 from onnx_rmpe.runtime.neurons import if_reference
 from onnx_rmpe.runtime.segments import Layer, Segment
-from onnx_rmpe.runtime.session import batches, make_session
+from onnx_rmpe.runtime.session import Device, batches, make_session
 
 logger = logging.getLogger(__name__)
 
@@ -22,9 +24,26 @@ logger = logging.getLogger(__name__)
 #: beyond it the second pass runs the segment again instead.
 CURRENT_CACHE_BYTES = 256 << 20
 
-def _sweep(segs: list[Segment], ds: Dataset, targets, v_inits, T, phi, granularity, batch_size,
-           current_bytes,
-           threads, device, store, bar, sweep) -> list[LayerReport]:
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """What one calibration sweep needs besides the segments and the data."""
+
+    T: int
+    phi: float
+    granularity: str
+    batch_size: int
+    #: Largest input-current cache of one layer (bytes), see ``CURRENT_CACHE_BYTES``.
+    current_bytes: int
+    threads: int | None
+    device: Device
+
+
+def _sweep(segs: list[Segment], ds: Dataset, targets, v_inits, settings: SweepSettings,
+           store, bar, sweep) -> list[LayerReport]:
+    T, phi, granularity = settings.T, settings.phi, settings.granularity
+    batch_size, current_bytes = settings.batch_size, settings.current_bytes
+    threads, device = settings.threads, settings.device
     caches: dict[str, np.ndarray] = {}
     thetas = {s.layer.spikes: s.layer.theta for s in segs}
     last_use = {name: i for i, s in enumerate(segs) for name in s.spike_inputs}
@@ -33,8 +52,8 @@ def _sweep(segs: list[Segment], ds: Dataset, targets, v_inits, T, phi, granulari
         layer, target, v_prev = seg.layer, targets[seg.layer.name], v_inits[seg.layer.name]
         session = make_session(seg.model, threads=threads, device=device)
         task = bar.add_task(f"sweep {sweep + 1}: {layer.name}", total=2 * len(ds))
-        feed = _Feeder(seg, session, ds, caches, thetas, T,
-                       store=lambda shape: _ram_cache((T, len(ds)) + shape, current_bytes))
+        feed = SegmentFeeder(seg, session, ds, caches, thetas, T,
+                       store=lambda shape: ram_cache((T, len(ds)) + shape, current_bytes))
         keep = last_use.get(layer.spikes, -1) > i
         cache = (lambda shape: store.new((T, len(ds)) + shape)) if keep else None
         r_prev, spikes_prev = _simulate(feed, layer, v_prev, T, phi, batch_size, bar, task, cache)
@@ -72,47 +91,7 @@ def _merge(chosen: np.ndarray, other: np.ndarray, better: np.ndarray,
         chosen[:, sl] = np.where(better, chosen[:, sl], other[:, sl])
     return chosen
 
-class _Feeder:
-    """Feeds a segment batch by batch: the raw input and/or cached spikes (as theta * s).
-
-    The first pass over the data also keeps the layer's input currents (up to
-    ``CURRENT_CACHE_BYTES``), so the second pass reads them instead of running the segment
-    again.
-    """
-
-    def __init__(self, seg: Segment, session, ds: Dataset, caches, thetas, T: int,
-                 store=None) -> None:
-        self.seg, self.session, self.ds, self.caches, self.T = seg, session, ds, caches, T
-        self.thetas, self.store = thetas, store
-        self.stored: np.ndarray | None = None
-        self.complete = False
-        self.input_name = session.get_inputs()[0].name if seg.needs_input else None
-
-    def current(self, sl: slice) -> np.ndarray:
-        if self.complete:
-            return np.asarray(self.stored[:, sl])
-        feed = {}
-        if self.seg.needs_input:
-            feed[self.input_name] = self.ds.x[sl]
-        for name in self.seg.spike_inputs:
-            spikes = np.asarray(self.caches[name][:, sl])
-            feed[name] = (spikes.astype(np.float32) * self.thetas[name]).reshape(
-                (-1,) + spikes.shape[2:])
-        x = self.session.run([self.seg.layer.current], feed)[0]
-        x = x.reshape((self.T, -1) + x.shape[1:])
-        if self.store is not None:
-            if self.stored is None:
-                self.stored = self.store(x.shape[2:])
-                self.store = None if self.stored is None else self.store
-            if self.stored is not None:
-                self.stored[:, sl] = x
-        return x
-
-    def finish_pass(self) -> None:
-        self.complete = self.stored is not None
-        self.store = None
-
-def _simulate(feed: _Feeder, layer: Layer, v_init: np.ndarray, T: int, phi: float,
+def _simulate(feed: SegmentFeeder, layer: Layer, v_init: np.ndarray, T: int, phi: float,
               batch_size: int, bar, task, cache=None) -> tuple[np.ndarray, np.ndarray | None]:
     """Run the layer over the data with initial potential ``v_init``.
 
@@ -132,9 +111,3 @@ def _simulate(feed: _Feeder, layer: Layer, v_init: np.ndarray, T: int, phi: floa
         bar.advance(task, sl.stop - sl.start)
     feed.finish_pass()
     return total * float(layer.theta) / (T * len(feed.ds)), spikes_all
-
-def _ram_cache(shape: tuple[int, ...], limit: int) -> np.ndarray | None:
-    """A float32 array in memory, or None if it would take more than ``limit`` bytes."""
-    if int(np.prod(shape, dtype=np.int64)) * 4 > limit:
-        return None
-    return np.empty(shape, np.float32)

@@ -1,6 +1,4 @@
 """The targets of RMPE calibration: the QCFS ANN (at the chosen levels) and its mean activations.
-
-Moved from ``onnx_rmpe/calibrate.py`` unchanged (see :mod:`onnx_rmpe.calibration`).
 """
 
 from __future__ import annotations
@@ -23,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 CLIP_LEVELS = 1 << 20
+
 
 def qcfs_with_levels(qcfs: onnx.ModelProto, levels: int) -> onnx.ModelProto:
     """The QCFS model with every QCFS node at ``levels`` levels (thresholds unchanged).
