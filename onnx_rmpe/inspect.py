@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnx_rmpe.convert import refuse_non_float32
 from onnx_rmpe.errors import ConversionError
 from onnx_rmpe.modelio import (
     default_opset,
@@ -25,6 +24,7 @@ from onnx_rmpe.passes.pipeline import prepare_passes
 from onnx_rmpe.passes.relu_to_qcfs import activation_sites, qcfs_nodes
 from onnx_rmpe.passes.rmpe import if_nodes
 from onnx_rmpe.passes.support import find_blockers
+from onnx_rmpe.pipeline import refuse_non_float32
 
 logger = logging.getLogger(__name__)
 
