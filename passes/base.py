@@ -181,6 +181,12 @@ def const_value(tensor: gs.Tensor) -> np.ndarray | None:
     return None
 
 
+def is_zero(tensor: gs.Tensor) -> bool:
+    """Whether ``tensor`` is a constant scalar (any rank, one element) equal to 0."""
+    v = const_value(tensor)
+    return v is not None and v.size == 1 and float(v.reshape(())) == 0.0
+
+
 def producer(tensor: gs.Tensor) -> gs.Node | None:
     return tensor.inputs[0] if tensor.inputs else None
 

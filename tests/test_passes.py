@@ -96,9 +96,9 @@ def test_normalize_negative_case_changes_nothing(rng):
                                      ("Where", None)])
 def test_relu_to_qcfs_matches_numpy(act, cap, rng):
     model = conv_bn_relu(rng, act=act, bn=False)
-    graph = to_graph(prepare(model))
+    graph, _ = normalize(to_graph(prepare(model)))  # names the nodes
     sites = activation_sites(graph)
-    assert len(sites) == 1 and sites[0].cap == cap
+    assert len(sites) == 1 and sites[0].cap == cap and sites[0].node
     lam = 9.0 if cap is None else 7.0  # a Clip caps lam at its max
     graph, changed = relu_to_qcfs(graph, thresholds={sites[0].node: lam}, levels=4)
     qcfs = to_model(graph, keep_shapes=True)

@@ -13,9 +13,9 @@ import numpy as np
 from onnx_rmpe.calibration.results import LayerReport
 from onnx_rmpe.data import Dataset
 from onnx_rmpe.runtime.feeder import SegmentFeeder, ram_cache
-from onnx_rmpe.runtime.neurons import if_reference
 from onnx_rmpe.runtime.segments import Layer, Segment
 from onnx_rmpe.runtime.session import Device, batches, make_session
+from onnx_rmpe.runtime.simulate import simulate_if
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def _simulate(feed: SegmentFeeder, layer: Layer, v_init: np.ndarray, T: int, phi
     total, spikes_all = None, None
     for sl in batches(len(feed.ds), batch_size):
         x = feed.current(sl)
-        spikes, _ = if_reference(x, layer.theta, v_init, phi)
+        spikes, _ = simulate_if(x, layer.theta, v_init, phi)
         fired = np.count_nonzero(spikes.reshape((-1,) + spikes.shape[2:]), axis=0)
         total = fired if total is None else total + fired
         if cache is not None:
