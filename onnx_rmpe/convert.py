@@ -35,6 +35,7 @@ from onnx_rmpe.pipeline import (
 )
 from onnx_rmpe.runtime.memory import default_budget
 from onnx_rmpe.runtime.neurons import DEFAULT_PHI
+from onnx_rmpe.runtime.options import RuntimeOptions
 from onnx_rmpe.runtime.session import Device
 from onnx_rmpe.thresholds import ThresholdReport, search_thresholds, set_thresholds
 
@@ -119,6 +120,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
             save_qcfs: str | os.PathLike | None = None,
             threads: int | None = None, device: Device = "cpu",
             providers: Sequence[str] | None = None, max_memory: int | None = None,
+            runtime: RuntimeOptions | None = None,
             progress: bool = False,
             report_dir: str | os.PathLike | None = None) -> ConversionResult:
     """Convert an ONNX ANN into a multi-step IF-neuron SNN, RMPE-calibrated for ``T``.
@@ -149,7 +151,9 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     ``report_dir``: also run :func:`onnx_rmpe.report` of the multi-step SNN on the
     calibration samples and write it there (``result.report``).
     """
-    device = list(providers) if providers else device
+    batch_size, threads, device, max_memory = RuntimeOptions.resolve(
+        runtime, batch_size=batch_size, threads=threads, device=device, providers=providers,
+        max_memory=max_memory)
     start = time.perf_counter()
     _check_options(T, levels, percentile, calib_samples, batch_size, threads, mode, rmpe_sweeps)
     validate.choice("thresholds", thresholds, THRESHOLDS)

@@ -35,6 +35,7 @@ from onnx_rmpe.outputs import WORK_PREFIX, check_outputs
 from onnx_rmpe.passes.rmpe import set_initial_potentials
 from onnx_rmpe.runtime.memory import cache_limit, plan_batch
 from onnx_rmpe.runtime.neurons import DEFAULT_PHI, IF_OP, QCFS_OP
+from onnx_rmpe.runtime.options import RuntimeOptions
 from onnx_rmpe.runtime.progress import progress_bar
 from onnx_rmpe.runtime.segments import segments
 from onnx_rmpe.runtime.session import Device
@@ -60,6 +61,7 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
               output: str | os.PathLike | None = None,
               threads: int | None = None, device: Device = "cpu",
               providers: Sequence[str] | None = None, max_memory: int | None = None,
+              runtime: RuntimeOptions | None = None,
               progress: bool = False) -> CalibrationResult:
     """Calibrate the initial potentials of ``snn`` against its QCFS ANN on ``data``.
 
@@ -81,7 +83,9 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
     success; it may not be one of the inputs. ``max_memory`` (bytes; default half the
     available memory) bounds the batch size of the SNN runs.
     """
-    device = list(providers) if providers else device
+    batch_size, threads, device, max_memory = RuntimeOptions.resolve(
+        runtime, batch_size=batch_size, threads=threads, device=device, providers=providers,
+        max_memory=max_memory)
     start = time.perf_counter()
     validate.samples("samples", samples)
     validate.choice("granularity", granularity, GRANULARITIES)
