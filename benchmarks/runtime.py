@@ -152,8 +152,7 @@ def prepare(workdir: Path, kind: str, Ts: list[int]) -> dict:
     import onnx
 
     from onnx_rmpe.convert import convert, qcfs_to_snn
-    from onnx_rmpe.forms import snn_to_chunked, snn_to_unrolled
-    from onnx_rmpe.runtime.streaming import snn_to_streaming
+    from onnx_rmpe.forms import snn_to_chunked, snn_to_streaming, snn_to_unrolled
     sys.path.insert(0, str(HERE.parent))
     from tests.helpers import export_torch
     x = np.random.default_rng(0).random((256, 1, 28, 28), dtype=np.float32)

@@ -15,6 +15,7 @@ from onnx_rmpe.cli.options import (
     write_json,
 )
 from onnx_rmpe.cli.report import print_calibration
+from onnx_rmpe.runtime.options import RuntimeOptions
 
 
 @click.command("calibrate")
@@ -34,8 +35,8 @@ from onnx_rmpe.cli.report import print_calibration
 @runtime_options
 @json_option
 def calibrate_cmd(model: Path, qcfs: Path, calib: Path, output: Path | None, calib_samples: int,
-                  rmpe_granularity: str, rmpe_sweeps: int, batch_size: int, threads: int | None,
-                  device: str, max_memory: int | None, json_path: Path | None) -> None:
+                  rmpe_granularity: str, rmpe_sweeps: int, runtime: RuntimeOptions,
+                  json_path: Path | None) -> None:
     """RMPE-calibrate the SNN MODEL against its QCFS ANN on CALIB data."""
     from onnx_rmpe.calibrate import calibrate
 
@@ -43,8 +44,7 @@ def calibrate_cmd(model: Path, qcfs: Path, calib: Path, output: Path | None, cal
     guard_outputs({"output": output, "json_path": json_path},
                   {"model": model, "qcfs": qcfs, "calib": calib})
     result = calibrate(model, qcfs, calib, output=output, samples=calib_samples,
-                       granularity=rmpe_granularity, sweeps=rmpe_sweeps, batch_size=batch_size,
-                       threads=threads, device=device, max_memory=max_memory,
+                       granularity=rmpe_granularity, sweeps=rmpe_sweeps, runtime=runtime,
                        progress=not quiet())
     if not quiet():
         print_calibration(result)

@@ -16,6 +16,7 @@ from onnx_rmpe.cli.options import (
     write_json,
 )
 from onnx_rmpe.cli.report import print_calibration, print_snn_report
+from onnx_rmpe.runtime.options import RuntimeOptions
 
 
 @click.command("convert")
@@ -67,8 +68,8 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
                 rmpe_sweeps: int, mode: str, chunk: int | None,
                 finetune_data: Path | None, finetune_options: dict,
                 save_qcfs: Path | None, report_dir: Path | None,
-                batch_size: int, threads: int | None, device: str, max_memory: int | None,
-                json_path: Path | None, thresholds: str = "search") -> None:
+                runtime: RuntimeOptions, json_path: Path | None,
+                thresholds: str = "search") -> None:
     """Convert MODEL (an ONNX ReLU or QCFS network) into an IF-neuron SNN for T steps."""
     from onnx_rmpe.convert import convert, target_path_for
 
@@ -79,11 +80,11 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
                   {"model": model, "calib": calib, "finetune_data": finetune_data,
                    "val": finetune_options.get("val")})
     result = convert(model, T=T, calib=calib, output=output, levels=levels,
-                     percentile=percentile, calib_samples=calib_samples, batch_size=batch_size,
+                     percentile=percentile, calib_samples=calib_samples, runtime=runtime,
                      rmpe=rmpe, rmpe_granularity=rmpe_granularity, rmpe_sweeps=rmpe_sweeps,
                      mode=mode, chunk=chunk, finetune_data=finetune_data,
-                     finetune_options=finetune_options, save_qcfs=save_qcfs, threads=threads,
-                     device=device, max_memory=max_memory, progress=not quiet(),
+                     finetune_options=finetune_options, save_qcfs=save_qcfs,
+                     progress=not quiet(),
                      report_dir=report_dir, thresholds=thresholds)
     if result.finetune is not None:
         echo_finetune(result.finetune)

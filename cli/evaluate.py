@@ -17,6 +17,7 @@ from onnx_rmpe.cli.options import (
     write_json,
 )
 from onnx_rmpe.cli.report import print_accuracy, print_snn_report
+from onnx_rmpe.runtime.options import RuntimeOptions
 
 
 @click.command("evaluate")
@@ -33,8 +34,7 @@ from onnx_rmpe.cli.report import print_accuracy, print_snn_report
 @report_options
 @json_option
 def evaluate_cmd(model: Path, data: Path, steps: str | None, samples: int | None,
-                 unroll: bool | None, batch_size: int, threads: int | None, device: str,
-                 max_memory: int | None,
+                 unroll: bool | None, runtime: RuntimeOptions,
                  report_dir: Path | None, qcfs: Path | None, ann: Path | None,
                  energy_mac: float, energy_ac: float,
                  json_path: Path | None) -> None:
@@ -50,16 +50,16 @@ def evaluate_cmd(model: Path, data: Path, steps: str | None, samples: int | None
                   {"model": model, "data": data, "qcfs": qcfs, "ann": ann})
     if report_dir is not None:
         rep = report(model, data, qcfs=qcfs, ann=ann, out_dir=report_dir,
-                     energy_mac=energy_mac, energy_ac=energy_ac, batch_size=batch_size,
-                     samples=samples, threads=threads, device=device, progress=not quiet())
+                     energy_mac=energy_mac, energy_ac=energy_ac, batch_size=runtime.batch_size,
+                     samples=samples, threads=runtime.threads, device=runtime.where,
+                     progress=not quiet())
         if not quiet():
             print_snn_report(rep)
         if rep.accuracy_per_step:
             click.echo(f"accuracy: {rep.accuracy_per_step[-1]:.4f}")
         write_json(json_path, rep.as_dict())
         return
-    result = evaluate(model, data, steps=parse_steps(steps), batch_size=batch_size,
-                      samples=samples, threads=threads, device=device, max_memory=max_memory,
+    result = evaluate(model, data, steps=parse_steps(steps), samples=samples, runtime=runtime,
                       unroll=unroll, progress=not quiet())
     print_accuracy(result)
     click.echo(f"accuracy: {result.accuracy:.4f}")

@@ -8,10 +8,10 @@ import time
 
 import click
 
-from onnx_rmpe import __version__
 from onnx_rmpe.cli.options import log_options, set_log_level
 from onnx_rmpe.errors import ConversionError, OptionError
 from onnx_rmpe.outputs import remove_stale_work_dirs
+from onnx_rmpe.version import __version__
 
 #: API parameter names whose CLI option has another name.
 API_TO_CLI = {"finetune_lr": "lr", "finetune_options": "finetune_data",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -13,6 +14,7 @@ from onnx_rmpe.errors import OptionError
 from onnx_rmpe.logs import quiet_dependencies
 from onnx_rmpe.outputs import check_outputs, remove_quietly, write_text
 from onnx_rmpe.runtime.memory import parse_size
+from onnx_rmpe.runtime.options import RuntimeOptions
 
 
 def _count_verbose(ctx: click.Context, param, value):
@@ -70,7 +72,19 @@ def _size(ctx, param, value):
 
 
 def runtime_options(fn):
-    """--device, --threads, --batch-size, --max-memory."""
+    """--device, --threads, --batch-size, --max-memory, given to the command as one
+    ``runtime`` (:class:`~onnx_rmpe.runtime.options.RuntimeOptions`) argument."""
+
+    inner = fn
+
+    @functools.wraps(inner)
+    def with_runtime(*args, device: str, threads: int | None, batch_size: int,
+                     max_memory: int | None, **kwargs):
+        runtime = RuntimeOptions(device=device, threads=threads, batch_size=batch_size,
+                                 max_memory=max_memory)
+        return inner(*args, runtime=runtime, **kwargs)
+
+    fn = with_runtime
     fn = click.option("--max-memory", default=None, callback=_size,
                       help="Memory budget (e.g. 4G, 512M); batches shrink to fit it "
                            "[default: half the available memory].")(fn)

@@ -8,8 +8,6 @@ Public pipeline functions (one per job)::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from onnx_rmpe.calibrate import CalibrationResult, calibrate  # noqa: E402
 from onnx_rmpe.convert import ConversionResult, convert  # noqa: E402
 from onnx_rmpe.errors import ConversionError, UnsupportedOpError  # noqa: E402
@@ -17,6 +15,7 @@ from onnx_rmpe.evaluate import EvaluationResult, evaluate  # noqa: E402
 from onnx_rmpe.inspect import ModelInfo, inspect_model  # noqa: E402
 from onnx_rmpe.nir import NirExportResult, export_nir  # noqa: E402
 from onnx_rmpe.report import ReportResult, report  # noqa: E402
+from onnx_rmpe.version import __version__  # noqa: E402
 
 __all__ = [
     "CalibrationResult", "ConversionError", "ConversionResult", "EvaluationResult", "ModelInfo",

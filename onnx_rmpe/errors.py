@@ -91,7 +91,16 @@ class UnsupportedOpError(ConversionError):
         super().__init__("\n".join(lines))
 
 
-class PassError(ConversionError):
+class InternalError(Exception):
+    """A bug in onnx-rmpe, not a user error: NOT a :class:`ConversionError`, so the CLI
+    shows its traceback (the original exception is chained as ``__cause__``)."""
+
+
+class InvariantError(InternalError):
+    """A pass's precondition (``requires``) or invariant (``ensures``) does not hold."""
+
+
+class PassError(InternalError):
     """A pass failed on a graph it accepted; names the pass and the ones that ran before."""
 
     def __init__(self, pass_name: str, before: Sequence[str], cause: Exception) -> None:

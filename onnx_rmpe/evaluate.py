@@ -18,6 +18,7 @@ from onnx_rmpe.modelio import get_metadata, model_kind, read_model
 from onnx_rmpe.passes.qcfs_to_if import PER_STEP_SUFFIX
 from onnx_rmpe.runtime.memory import plan_batch
 from onnx_rmpe.runtime.metrics import AccuracyCounter
+from onnx_rmpe.runtime.options import RuntimeOptions
 from onnx_rmpe.runtime.progress import progress_bar
 from onnx_rmpe.runtime.session import Device, active_provider, batches, make_session, run
 
@@ -45,6 +46,7 @@ def evaluate(model: str | os.PathLike | onnx.ModelProto, data, *,
              steps: list[int] | None = None, batch_size: int = 256, samples: int | None = None,
              threads: int | None = None, device: Device = "cpu",
              providers: Sequence[str] | None = None, max_memory: int | None = None,
+             runtime: RuntimeOptions | None = None,
              unroll: bool | None = None,
              progress: bool = False) -> EvaluationResult:
     """Accuracy of ``model`` on labelled ``data`` (path, ``(x, y)`` or Dataset).
@@ -55,7 +57,9 @@ def evaluate(model: str | os.PathLike | onnx.ModelProto, data, *,
     SNN in its network-unrolled form (:func:`onnx_rmpe.forms.snn_to_unrolled`: the same
     outputs bit for bit, faster in benchmarks/runtime.py); default: when T <= 64.
     """
-    device = list(providers) if providers else device
+    batch_size, threads, device, max_memory = RuntimeOptions.resolve(
+        runtime, batch_size=batch_size, threads=threads, device=device, providers=providers,
+        max_memory=max_memory)
     start = time.perf_counter()
     validate.batch_size(batch_size)
     validate.samples("samples", samples)

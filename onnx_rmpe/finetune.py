@@ -96,8 +96,8 @@ def finetune(model: str | os.PathLike | onnx.ModelProto, data, *, levels: int = 
         import torch
     except ImportError:
         raise MissingDependencyError("torch", "torch", "fine-tuning") from None
-    from onnx_rmpe.convert import build_qcfs
     from onnx_rmpe.modelio import read_model
+    from onnx_rmpe.pipeline import build_qcfs
     from onnx_rmpe.torch.interpreter import OnnxModule
 
     proto, source = read_model(model)

@@ -1,5 +1,9 @@
 """Inference forms of a multi-step SNN: chunked (k steps per call) and network-unrolled.
 
+**Streaming** (:func:`snn_to_streaming`): one step per call, membrane potentials as state
+inputs and outputs (:mod:`onnx_rmpe.passes.streaming`; run it with
+:class:`onnx_rmpe.runtime.streaming.StreamingRunner`).
+
 **Chunked**: ``k`` time steps per call, state carried, memory ``k / T`` of multi-step.
 
 The multi-step SNN holds the activations of all ``T`` steps at once (time is merged into
@@ -29,18 +33,73 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnx_rmpe.errors import OptionError
-from onnx_rmpe.modelio import default_opset, get_metadata, infer_shapes, to_graph, to_model
+from onnx_rmpe.errors import ConversionError, OptionError
+from onnx_rmpe.modelio import (
+    BATCH_DIM,
+    default_opset,
+    get_metadata,
+    infer_shapes,
+    to_graph,
+    to_model,
+)
+from onnx_rmpe.ops import DEFAULT_PHI, DOMAIN, IF_OP, NEXT_SUFFIX, STEP_STATE
 from onnx_rmpe.passes.base import run_passes
-from onnx_rmpe.passes.qcfs_to_if import qcfs_to_if
-from onnx_rmpe.passes.streaming import to_streaming
-from onnx_rmpe.passes.unroll_steps import unroll_steps
-from onnx_rmpe.runtime.neurons import DEFAULT_PHI, DOMAIN, IF_OP
-from onnx_rmpe.runtime.streaming import batch_state_shapes
+from onnx_rmpe.passes.pipeline import if_passes, streaming_passes, unrolled_passes
 
 logger = logging.getLogger(__name__)
 
 CHUNK_KEY = "onnx_rmpe.chunk"
+
+
+def snn_to_streaming(snn: onnx.ModelProto) -> onnx.ModelProto:
+    """The one-step streaming model of a multi-step SNN (IR 10, the SNN's opset)."""
+    graph = run_passes(to_graph(snn), streaming_passes())
+    if not any(i.name.endswith(".v") for i in graph.inputs):
+        raise ConversionError("the model has no IFNeuron layer: it is not a multi-step SNN "
+                              "(convert the ANN first)")
+    meta = get_metadata(snn)
+    meta["onnx_rmpe.kind"] = "snn-streaming"
+    model = to_model(graph, opset=default_opset(snn), metadata=meta)
+    return batch_state_shapes(model)
+
+
+def batch_state_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Declare every state ``[N, ...]`` (the shape of its ``_next``) with a ``[1, ...]`` default."""
+    shapes = _value_shapes(infer_shapes(onnx.ModelProto.FromString(model.SerializeToString())))
+    inits = {i.name: i for i in model.graph.initializer}
+    for vi in model.graph.input:
+        if vi.name not in inits or vi.name == STEP_STATE:
+            continue
+        dims = shapes.get(f"{vi.name}{NEXT_SUFFIX}")
+        tensor = vi.type.tensor_type
+        if dims is None or not dims or any(d is None for d in dims[1:]):
+            if dims is None or dims:  # shape unknown: accept any shape
+                tensor.ClearField("shape")
+                logger.debug("state '%s': shape unknown, declared without one", vi.name)
+            continue
+        default = numpy_helper.to_array(inits[vi.name])
+        default = np.broadcast_to(default, [1] + dims[1:]).astype(np.float32)
+        inits[vi.name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(default), vi.name))
+        tensor.ClearField("shape")
+        tensor.shape.dim.add().dim_param = BATCH_DIM
+        for d in dims[1:]:
+            tensor.shape.dim.add().dim_value = d
+    declared = {vi.name: vi.type for vi in model.graph.input if vi.name in inits}
+    for vi in model.graph.output:
+        state = vi.name[:-len(NEXT_SUFFIX)] if vi.name.endswith(NEXT_SUFFIX) else None
+        if state in declared:
+            vi.type.CopyFrom(declared[state])
+    return model
+
+
+def _value_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    out = {}
+    for vi in list(model.graph.value_info) + list(model.graph.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    return out
+
 
 
 def start_potentials(snn: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -69,8 +128,7 @@ def snn_to_chunked(qcfs: onnx.ModelProto, snn: onnx.ModelProto, *, chunk: int,
     if chunk < 1 or T < 1 or T % chunk:
         raise OptionError("--chunk", f"must divide T={T} (steps per call), got {chunk}")
     phi = float(meta.get("onnx_rmpe.phi", DEFAULT_PHI))
-    graph = run_passes(to_graph(qcfs), [
-        ("qcfs_to_if", lambda g: qcfs_to_if(g, T=chunk, phi=phi, chunk=True, form=form))])
+    graph = run_passes(to_graph(qcfs), if_passes(T=chunk, phi=phi, form=form, chunk=True))
     starts = start_potentials(snn)
     for tensor in graph.inputs:
         layer = tensor.name.removesuffix(".v")
@@ -88,8 +146,7 @@ def snn_to_unrolled(snn: onnx.ModelProto) -> onnx.ModelProto:
     T = int(meta.get("onnx_rmpe.T", 0))
     if T < 1:
         raise OptionError("model", "the SNN has no 'onnx_rmpe.T' metadata; convert it again")
-    graph = run_passes(to_graph(snn), [("to_streaming", to_streaming),
-                                       ("unroll_steps", lambda g: unroll_steps(g, T=T))])
+    graph = run_passes(to_graph(snn), unrolled_passes(T=T))
     meta["onnx_rmpe.kind"] = "snn-unrolled"
     return to_model(graph, opset=default_opset(snn), metadata=meta)
 
@@ -121,5 +178,6 @@ def chunk_for_budget(qcfs: onnx.ModelProto, *, T: int, batch: int, budget_mb: fl
     return fits[-1]
 
 
-__all__ = ["CHUNK_KEY", "chunk_for_budget", "snn_to_chunked", "snn_to_unrolled",
+__all__ = ["CHUNK_KEY", "batch_state_shapes", "chunk_for_budget", "snn_to_chunked",
+           "snn_to_streaming", "snn_to_unrolled",
            "start_potentials"]

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnx_rmpe.convert import refuse_non_float32
 from onnx_rmpe.errors import ConversionError
 from onnx_rmpe.modelio import (
     default_opset,
@@ -21,15 +20,11 @@ from onnx_rmpe.modelio import (
     to_graph,
 )
 from onnx_rmpe.passes.base import run_passes
-from onnx_rmpe.passes.fold_batchnorm import fold_batchnorm
-from onnx_rmpe.passes.fold_batchnorm_forward import fold_batchnorm_forward
-from onnx_rmpe.passes.normalize import normalize
-from onnx_rmpe.passes.readout import sink_readout
-from onnx_rmpe.passes.recognize_qcfs import recognize_qcfs
+from onnx_rmpe.passes.pipeline import prepare_passes
 from onnx_rmpe.passes.relu_to_qcfs import activation_sites, qcfs_nodes
 from onnx_rmpe.passes.rmpe import if_nodes
-from onnx_rmpe.passes.simplify_ops import simplify_ops
 from onnx_rmpe.passes.support import find_blockers
+from onnx_rmpe.pipeline import refuse_non_float32
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +78,7 @@ def inspect_model(model: str | os.PathLike | onnx.ModelProto) -> ModelInfo:
                        for name, dims in _value_infos(i for i in proto.graph.input
                                                       if i.name in inits)]
         return info
-    graph = run_passes(to_graph(prepare(proto, path)),
-                       [("normalize", normalize), ("simplify_ops", simplify_ops),
-                        ("sink_readout", sink_readout), ("fold_batchnorm", fold_batchnorm),
-                        ("fold_batchnorm_forward", fold_batchnorm_forward),
-                        ("recognize_qcfs", recognize_qcfs)])
+    graph = run_passes(to_graph(prepare(proto, path)), prepare_passes())
     info.layers = [{"node": s.node, "op": "ReLU-like", "cap": s.cap}
                    for s in activation_sites(graph)]
     info.layers += [{"node": n.name, "op": "QCFS", "levels": n.attrs.get("levels"),

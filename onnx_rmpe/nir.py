@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnx_rmpe import __version__
 from onnx_rmpe.errors import ConversionError, MissingDependencyError, ModelLoadError
 from onnx_rmpe.modelio import (
     get_metadata,
@@ -39,6 +38,7 @@ from onnx_rmpe.modelio import (
 from onnx_rmpe.nir_state import add_initial_potentials
 from onnx_rmpe.nir_walk import walk
 from onnx_rmpe.runtime.neurons import IF_OP
+from onnx_rmpe.version import __version__
 
 logger = logging.getLogger(__name__)
 

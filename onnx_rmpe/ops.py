@@ -19,6 +19,13 @@ IF_CHUNK_OP = "IFNeuronChunk"
 DEFAULT_PHI = 0.5
 #: Bodies of the IF function: a Scan over time, or the steps written out.
 IF_FORMS = ("scan", "unrolled")
+#: Output name suffixes of an SNN: per-step running means (``[T, N, K]``), one step's
+#: output of a streaming model, and the next value of a state (streaming/chunked forms).
+PER_STEP_SUFFIX = "_per_step"
+STEP_SUFFIX = "_step"
+NEXT_SUFFIX = "_next"
+#: The step-counter state of the streaming and chunked forms.
+STEP_STATE = "step"
 
 __all__ = ["DEFAULT_PHI", "DOMAIN", "DOMAIN_VERSION", "IF_CHUNK_OP", "IF_FORMS", "IF_OP",
-           "QCFS_OP"]
+           "NEXT_SUFFIX", "PER_STEP_SUFFIX", "QCFS_OP", "STEP_STATE", "STEP_SUFFIX"]

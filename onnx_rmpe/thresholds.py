@@ -36,9 +36,11 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnx_rmpe.calibrate import CURRENT_CACHE_BYTES, _Feeder, _ram_cache
+from onnx_rmpe.calibration.sweep import CURRENT_CACHE_BYTES
 from onnx_rmpe.data import Dataset
 from onnx_rmpe.outputs import WORK_PREFIX
+from onnx_rmpe.runtime.feeder import SegmentFeeder as _Feeder
+from onnx_rmpe.runtime.feeder import ram_cache as _ram_cache
 from onnx_rmpe.runtime.memory import cache_limit, plan_batch
 from onnx_rmpe.runtime.neurons import DOMAIN, QCFS_OP, if_reference
 from onnx_rmpe.runtime.segments import segments

@@ -21,7 +21,7 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnx_rmpe.passes.base import PassResult, const_value, producer
+from onnx_rmpe.passes.base import PassResult, const_value, producer, skip
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +52,24 @@ def _fold_one(graph: gs.Graph, bn: gs.Node) -> bool:
     lin = producer(x)
     affine = _bn_affine(bn)
     if lin is None or affine is None or len(x.outputs) != 1 or x in graph.outputs:
+        skip(f"BatchNormalization {bn.name} kept: " + (
+            "its input is a graph input" if lin is None else
+            "its parameters are not constants (or it has training outputs)" if affine is None
+            else f"its input feeds {len(x.outputs)} consumers" if len(x.outputs) != 1
+            else "its input is a graph output"))
         return False
     scale, shift = affine
     if lin.op == "MatMul":
-        return _fold_matmul(bn, lin, scale, shift)
+        folded = _fold_matmul(bn, lin, scale, shift)
+        if not folded:
+            skip(f"BatchNormalization {bn.name} kept: MatMul {lin.name} has no 2-D constant "
+                 "weight of matching size (or a 2-D input)")
+        return folded
     folder = {"Conv": _fold_conv, "Gemm": _fold_gemm, "Add": _fold_matmul_add}.get(lin.op)
     if folder is None or not folder(lin, scale, shift):
+        skip(f"BatchNormalization {bn.name} kept: " + (
+            f"it follows {lin.op} {lin.name}, not a Conv, Gemm or MatMul" if folder is None
+            else f"{lin.op} {lin.name} has no constant weight/bias of matching shape"))
         return False
     out = bn.outputs[0]
     bn.outputs.clear()

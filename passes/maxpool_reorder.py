@@ -17,7 +17,7 @@ import logging
 import onnx_graphsurgeon as gs
 
 from onnx_rmpe.ops import DOMAIN, QCFS_OP
-from onnx_rmpe.passes.base import PassResult, producer
+from onnx_rmpe.passes.base import PassResult, producer, skip
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,9 @@ def maxpool_reorder(graph: gs.Graph) -> PassResult:
         qcfs = producer(q_out)
         if (qcfs is None or qcfs.op != QCFS_OP or qcfs.domain != DOMAIN
                 or len(q_out.outputs) != 1 or q_out in graph.outputs or len(pool.outputs) != 1):
+            if qcfs is not None and qcfs.op == QCFS_OP and qcfs.domain == DOMAIN:
+                skip(f"{pool.op} {pool.name} kept behind QCFS {qcfs.name}: the activation "
+                     "also feeds other nodes or a graph output (or the pool has indices)")
             continue
         pre, pooled = qcfs.inputs[0], pool.outputs[0]
         mid = gs.Variable(f"{pooled.name}_pre", dtype=pooled.dtype)

@@ -35,14 +35,21 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnx_rmpe.ops import DEFAULT_PHI, DOMAIN, IF_CHUNK_OP, IF_OP, QCFS_OP
+from onnx_rmpe.ops import (  # noqa: F401 - PER_STEP_SUFFIX is re-exported
+    DEFAULT_PHI,
+    DOMAIN,
+    IF_CHUNK_OP,
+    IF_OP,
+    PER_STEP_SUFFIX,
+    QCFS_OP,
+    STEP_STATE,
+)
 from onnx_rmpe.passes.base import Names, PassResult, classify_tensors, const_value
-from onnx_rmpe.passes.streaming import STEP_STATE, StateBuilder
+from onnx_rmpe.passes.streaming import StateBuilder
 from onnx_rmpe.passes.support import readout_nodes
 
 logger = logging.getLogger(__name__)
 
-PER_STEP_SUFFIX = "_per_step"
 _BIG = np.iinfo(np.int64).max
 
 

@@ -24,6 +24,7 @@ import onnx_graphsurgeon as gs
 from onnx_rmpe.errors import ConversionError
 from onnx_rmpe.ops import DEFAULT_PHI, DOMAIN, QCFS_OP
 from onnx_rmpe.passes.base import PassResult, const_value, name_nodes
+from onnx_rmpe.passes.base import is_zero as _is_zero
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +39,12 @@ class ActivationSite:
 
 
 def activation_sites(graph: gs.Graph) -> list[ActivationSite]:
-    """Every ReLU-like node of the graph, in topological order (unnamed nodes get names).
+    """Every ReLU-like node of the graph, in topological order.
 
     A ReLU-like node whose output is a graph output is not a site: it is part of the
-    readout (applied to the time-averaged outputs, see :func:`output_activations`).
+    readout (applied to the time-averaged outputs, see :func:`output_activations`). Sites
+    are named by their node: run ``normalize`` (which names every node) first.
     """
-    name_nodes(graph)
     readout = set(output_activations(graph))
     sites = []
     for node in graph.toposort().nodes:
@@ -101,11 +102,6 @@ def _where_site(node: gs.Node) -> ActivationSite | None:
     return None
 
 
-def _is_zero(t: gs.Tensor) -> bool:
-    v = const_value(t)
-    return v is not None and v.size == 1 and float(v.reshape(())) == 0.0
-
-
 def is_relu_like(node: gs.Node) -> bool:
     """Whether ``node`` is one of the ReLU forms this pass replaces."""
     return _as_site(node) is not None
@@ -123,6 +119,7 @@ def relu_to_qcfs(graph: gs.Graph, *, thresholds: Mapping[str, float], levels: in
     """Replace each ReLU-like node named in ``thresholds`` (node name -> lam) by QCFS."""
     if levels < 1:
         raise ConversionError(f"levels must be at least 1, got {levels}")
+    name_nodes(graph)  # thresholds are keyed by node name
     sites = {s.node: s for s in activation_sites(graph)}
     missing = sorted(set(sites) - set(thresholds))
     if missing:

@@ -41,15 +41,19 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnx_rmpe.errors import ConversionError
-from onnx_rmpe.ops import DEFAULT_PHI, DOMAIN, IF_OP
+from onnx_rmpe.ops import (  # noqa: F401 - the suffixes are re-exported
+    DEFAULT_PHI,
+    DOMAIN,
+    IF_OP,
+    NEXT_SUFFIX,
+    PER_STEP_SUFFIX,
+    STEP_STATE,
+    STEP_SUFFIX,
+)
 from onnx_rmpe.passes.base import Names, PassResult, const_value
 
 logger = logging.getLogger(__name__)
 
-PER_STEP_SUFFIX = "_per_step"
-STEP_SUFFIX = "_step"
-NEXT_SUFFIX = "_next"
-STEP_STATE = "step"
 READOUT_HEADS = ("Softmax", "LogSoftmax")
 
 

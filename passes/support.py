@@ -17,7 +17,8 @@ import onnx_graphsurgeon as gs
 
 from onnx_rmpe.errors import OffendingNode, UnsupportedOpError
 from onnx_rmpe.ops import DOMAIN, IF_OP, QCFS_OP
-from onnx_rmpe.passes.base import PassResult, classify_tensors, const_value
+from onnx_rmpe.passes.base import classify_tensors, const_value
+from onnx_rmpe.passes.base import is_zero as _is_zero
 from onnx_rmpe.passes.relu_to_qcfs import is_relu_like
 
 #: Ops that are linear (affine) in their data inputs and keep the batch axis.
@@ -74,12 +75,14 @@ FUSED_FIX = ("the model was saved by onnxruntime with graph optimizations that f
              "ORT_ENABLE_BASIC)")
 
 
-def check_supported(graph: gs.Graph) -> PassResult:
-    """Raise :class:`UnsupportedOpError` with every node that blocks conversion."""
+def check_supported(graph: gs.Graph) -> None:
+    """Raise :class:`UnsupportedOpError` with every node that blocks conversion.
+
+    A check, not a pass: it reads the graph and returns nothing.
+    """
     blockers = find_blockers(graph)
     if blockers:
         raise UnsupportedOpError(blockers, SUPPORTED_OPS)
-    return PassResult(graph, False)
 
 
 def find_blockers(graph: gs.Graph) -> list[OffendingNode]:
@@ -158,11 +161,6 @@ def _check_semantics(node: gs.Node, data: list[gs.Tensor]) -> tuple[str, str]:
     if _touches_batch_axis(node):
         return "the op works across the batch axis, which also carries time in an SNN", ""
     return "", ""
-
-
-def _is_zero(t: gs.Tensor) -> bool:
-    v = const_value(t)
-    return v is not None and v.size == 1 and float(v.reshape(())) == 0.0
 
 
 def _touches_batch_axis(node: gs.Node) -> bool:

@@ -25,7 +25,7 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnx_rmpe.passes.base import PassResult
+from onnx_rmpe.passes.base import Names, PassResult
 from onnx_rmpe.passes.streaming import NEXT_SUFFIX, PER_STEP_SUFFIX, STEP_SUFFIX
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def unroll_steps(graph: gs.Graph, *, T: int) -> PassResult:
 
 def _outputs(graph: gs.Graph, heads: list[gs.Tensor], per_step: dict[str, list[gs.Tensor]],
              T: int) -> list[gs.Variable]:
-    axis0 = gs.Constant(f"unroll_axis0_{id(graph)}", np.array([0], np.int64))
+    axis0 = gs.Constant(Names(graph)("unroll_axis0"), np.array([0], np.int64))
     finals, stacks = [], []
     for y in heads:
         steps = per_step[y.name]

@@ -42,6 +42,10 @@ from onnx_rmpe.ops import (  # noqa: F401 - re-exported: the vocabulary lives in
     IF_OP,
     QCFS_OP,
 )
+from onnx_rmpe.runtime.simulate import (  # noqa: F401 - the old names of the simulator
+    if_reference,
+    qcfs_reference,
+)
 
 
 def default_form(T: int) -> str:
@@ -233,34 +237,6 @@ def _if_scan_function(opset: int, T: int, phi: float, stateful: bool,
     )
 
 
-def qcfs_reference(z: np.ndarray, lam: float, levels: int, phi: float = DEFAULT_PHI) -> np.ndarray:
-    """Numpy reference of QCFS, in the same float32 operation order as the ONNX function."""
-    z = np.asarray(z, np.float32)
-    lam32, L = np.float32(lam), np.float32(levels)
-    q = np.floor(z * L / lam32 + np.float32(phi)) / L
-    return (np.clip(q, np.float32(0), np.float32(1)) * lam32).astype(np.float32)
-
-
-def if_reference(x_tn: np.ndarray, theta: np.ndarray | float, v_init: np.ndarray | float = 0.0,
-                 phi: float = DEFAULT_PHI) -> tuple[np.ndarray, np.ndarray]:
-    """Numpy IF dynamics on ``[T, N, ...]`` input, bit-identical to the ONNX function.
-
-    Returns ``(spikes, v_T)``: the boolean spike train ``[T, N, ...]`` (the output at step
-    t is ``theta * spikes[t]``) and the residual membrane potential ``[N, ...]``.
-    """
-    theta32 = np.asarray(theta, np.float32)
-    v = np.asarray(theta32 * np.float32(phi) + np.asarray(v_init, np.float32), np.float32)
-    v = np.broadcast_to(v, x_tn.shape[1:]).astype(np.float32, copy=True)
-    spikes = np.empty(x_tn.shape, bool)
-    out = np.empty_like(v)
-    for t, x_t in enumerate(x_tn):  # in place, the same float32 operations as the Scan body
-        np.add(v, x_t, out=v)
-        np.greater_equal(v, theta32, out=spikes[t])
-        np.multiply(spikes[t], theta32, out=out)
-        np.subtract(v, out, out=v)
-    return spikes, v
-
-
 def function_for(op_type: str, opset: int, attrs: dict[str, float | int]) -> onnx.FunctionProto:
     """The function definition of ``op_type`` for the (model-wide) attribute values ``attrs``."""
     phi = float(attrs.get("phi", DEFAULT_PHI))
@@ -274,4 +250,5 @@ def function_for(op_type: str, opset: int, attrs: dict[str, float | int]) -> onn
         form = attrs.get("form")
         form = form.decode() if isinstance(form, bytes) else form
         return if_chunk_function(opset, int(attrs["T"]), form)
-    raise KeyError(op_type)
+    raise ValueError(f"no ONNX function for op '{op_type}' of domain '{DOMAIN}'; known: "
+                     f"{', '.join((QCFS_OP, IF_OP, IF_CHUNK_OP))}")

@@ -1,7 +1,7 @@
 """The streaming SNN: one time step per call, membrane potentials as state.
 
-:func:`snn_to_streaming` turns a multi-step SNN (``convert(...).snn``) into the one-step
-model of :mod:`onnx_rmpe.passes.streaming`; :class:`StreamingRunner` steps it in
+:func:`onnx_rmpe.forms.snn_to_streaming` turns a multi-step SNN (``convert(...).snn``) into
+the one-step model of :mod:`onnx_rmpe.passes.streaming`; :class:`StreamingRunner` steps it in
 onnxruntime, feeding each call's ``<state>_next`` outputs back as the next ``<state>``
 inputs. Initial state (the defaults stored in the model): ``<layer>.v = phi * theta +
 v_init`` (the calibrated per-neuron ``v_init`` included), every running sum (cumulative
@@ -22,70 +22,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnx_rmpe.errors import ConversionError, OptionError
-from onnx_rmpe.modelio import (
-    BATCH_DIM,
-    default_opset,
-    get_metadata,
-    infer_shapes,
-    to_graph,
-    to_model,
-)
-from onnx_rmpe.passes.base import run_passes
-from onnx_rmpe.passes.streaming import NEXT_SUFFIX, STEP_STATE, STEP_SUFFIX, to_streaming
+from onnx_rmpe.errors import OptionError
+from onnx_rmpe.modelio import get_metadata
+from onnx_rmpe.ops import NEXT_SUFFIX, STEP_SUFFIX
 from onnx_rmpe.runtime.session import Device, make_session
 
 logger = logging.getLogger(__name__)
-
-
-def snn_to_streaming(snn: onnx.ModelProto) -> onnx.ModelProto:
-    """The one-step streaming model of a multi-step SNN (IR 10, the SNN's opset)."""
-    graph = run_passes(to_graph(snn), [("to_streaming", to_streaming)])
-    if not any(i.name.endswith(".v") for i in graph.inputs):
-        raise ConversionError("the model has no IFNeuron layer: it is not a multi-step SNN "
-                              "(convert the ANN first)")
-    meta = get_metadata(snn)
-    meta["onnx_rmpe.kind"] = "snn-streaming"
-    model = to_model(graph, opset=default_opset(snn), metadata=meta)
-    return batch_state_shapes(model)
-
-
-def batch_state_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Declare every state ``[N, ...]`` (the shape of its ``_next``) with a ``[1, ...]`` default."""
-    shapes = _value_shapes(infer_shapes(onnx.ModelProto.FromString(model.SerializeToString())))
-    inits = {i.name: i for i in model.graph.initializer}
-    for vi in model.graph.input:
-        if vi.name not in inits or vi.name == STEP_STATE:
-            continue
-        dims = shapes.get(f"{vi.name}{NEXT_SUFFIX}")
-        tensor = vi.type.tensor_type
-        if dims is None or not dims or any(d is None for d in dims[1:]):
-            if dims is None or dims:  # shape unknown: accept any shape
-                tensor.ClearField("shape")
-                logger.debug("state '%s': shape unknown, declared without one", vi.name)
-            continue
-        default = numpy_helper.to_array(inits[vi.name])
-        default = np.broadcast_to(default, [1] + dims[1:]).astype(np.float32)
-        inits[vi.name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(default), vi.name))
-        tensor.ClearField("shape")
-        tensor.shape.dim.add().dim_param = BATCH_DIM
-        for d in dims[1:]:
-            tensor.shape.dim.add().dim_value = d
-    declared = {vi.name: vi.type for vi in model.graph.input if vi.name in inits}
-    for vi in model.graph.output:
-        state = vi.name[:-len(NEXT_SUFFIX)] if vi.name.endswith(NEXT_SUFFIX) else None
-        if state in declared:
-            vi.type.CopyFrom(declared[state])
-    return model
-
-
-def _value_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
-    out = {}
-    for vi in list(model.graph.value_info) + list(model.graph.output):
-        t = vi.type.tensor_type
-        if t.HasField("shape"):
-            out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-    return out
 
 
 def initial_states(model: onnx.ModelProto, batch: int) -> dict[str, np.ndarray]:
@@ -243,5 +185,4 @@ class StreamingRunner:
         return np.concatenate(out)
 
 
-__all__ = ["STEP_SUFFIX", "StreamingRunner", "batch_state_shapes", "initial_states",
-           "snn_to_streaming"]
+__all__ = ["STEP_SUFFIX", "StreamingRunner", "initial_states"]

@@ -1,7 +1,11 @@
 import logging
+import os
 
 import numpy as np
 import pytest
+
+# Every pass pipeline checks its passes' invariants (requires/ensures) in the tests.
+os.environ.setdefault("ONNX_RMPE_CHECK", "1")
 
 
 @pytest.fixture(autouse=True)

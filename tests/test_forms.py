@@ -27,12 +27,13 @@ from onnx_rmpe.errors import OptionError
 from onnx_rmpe.forms import (
     chunk_for_budget,
     snn_to_chunked,
+    snn_to_streaming,
     snn_to_unrolled,
     step_bytes_per_sample,
 )
 from onnx_rmpe.modelio import ensure_functions
 from onnx_rmpe.runtime.neurons import DOMAIN, IF_CHUNK_OP, IF_OP
-from onnx_rmpe.runtime.streaming import StreamingRunner, initial_states, snn_to_streaming
+from onnx_rmpe.runtime.streaming import StreamingRunner, initial_states
 from tests.helpers import export_torch, run, train
 from tests.test_streaming import _cnn, _resnet
 

@@ -13,7 +13,7 @@ from onnx_rmpe.passes.fold_batchnorm import fold_batchnorm
 from onnx_rmpe.passes.maxpool_reorder import maxpool_reorder
 from onnx_rmpe.passes.normalize import normalize
 from onnx_rmpe.passes.relu_to_qcfs import activation_sites, relu_to_qcfs
-from onnx_rmpe.passes.support import check_supported
+from onnx_rmpe.passes.support import check_supported, find_blockers
 from onnx_rmpe.runtime.neurons import qcfs_reference
 from tests.graphs import conv_bn_relu, make_model, vi
 from tests.helpers import assert_numerically_equal, run
@@ -96,9 +96,9 @@ def test_normalize_negative_case_changes_nothing(rng):
                                      ("Where", None)])
 def test_relu_to_qcfs_matches_numpy(act, cap, rng):
     model = conv_bn_relu(rng, act=act, bn=False)
-    graph = to_graph(prepare(model))
+    graph, _ = normalize(to_graph(prepare(model)))  # names the nodes
     sites = activation_sites(graph)
-    assert len(sites) == 1 and sites[0].cap == cap
+    assert len(sites) == 1 and sites[0].cap == cap and sites[0].node
     lam = 9.0 if cap is None else 7.0  # a Clip caps lam at its max
     graph, changed = relu_to_qcfs(graph, thresholds={sites[0].node: lam}, levels=4)
     qcfs = to_model(graph, keep_shapes=True)
@@ -170,4 +170,7 @@ def test_unsupported_ops_listed_together(rng):
 
 def test_supported_graph_passes_check(rng):
     graph = to_graph(prepare(conv_bn_relu(rng)))
-    assert check_supported(graph).changed is False
+    before = [(n.name, n.op) for n in graph.nodes]
+    assert find_blockers(graph) == []
+    check_supported(graph)  # a check: raises nothing, changes nothing
+    assert [(n.name, n.op) for n in graph.nodes] == before

@@ -363,7 +363,7 @@ def test_fanout_equals_brute_force_count(kind):
 
 
 def test_streaming_model_is_stepped_with_the_same_figures(chain):
-    from onnx_rmpe.runtime.streaming import snn_to_streaming
+    from onnx_rmpe.forms import snn_to_streaming
 
     snn, _, x, y, _ = chain
     multi = onnx_rmpe.report(snn, (x, y), batch_size=10)

@@ -11,9 +11,9 @@ import pytest
 from onnx import TensorProto, helper
 
 from onnx_rmpe.convert import convert
+from onnx_rmpe.forms import snn_to_streaming
 from onnx_rmpe.modelio import save_model
 from onnx_rmpe.runtime.session import active_provider, make_session
-from onnx_rmpe.runtime.streaming import snn_to_streaming
 from tests.helpers import export_torch, train
 
 

@@ -8,10 +8,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_rmpe.convert import convert
+from onnx_rmpe.forms import snn_to_streaming
 from onnx_rmpe.modelio import to_graph
 from onnx_rmpe.passes.streaming import to_streaming
 from onnx_rmpe.runtime.neurons import DOMAIN, IF_OP
-from onnx_rmpe.runtime.streaming import StreamingRunner, initial_states, snn_to_streaming
+from onnx_rmpe.runtime.streaming import StreamingRunner, initial_states
 from tests.helpers import export_torch, run, train
 
 T = 6

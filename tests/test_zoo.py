@@ -425,9 +425,8 @@ def test_unsupported_ops_listed_with_fix(data):
 
 
 def test_matmul_of_two_data_tensors_unsupported(data):
-    """Attention-like ``q @ k^T`` is bilinear in the data: no rate code computes it.
-    passes/support.py flags Mul/Div of two data tensors but not MatMul; this test fails
-    until ``_check_semantics`` treats MatMul (and Gemm) like Mul."""
+    """Attention-like ``q @ k^T`` is bilinear in the data: no rate code computes it, and
+    passes/support.py flags a MatMul of two data tensors like Mul/Div."""
     (x, _), _ = data
     model = export_torchscript(Unsupported().eval(), x)
     with pytest.raises(UnsupportedOpError) as info:

@@ -1,0 +1,157 @@
+"""The ``calibrate`` job: load, check, sweep, check again, save.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+
+from onnx_rmpe import validate
+from onnx_rmpe.calibration.check import _check, _warn_silent
+from onnx_rmpe.calibration.results import CalibrationResult
+from onnx_rmpe.calibration.sweep import CURRENT_CACHE_BYTES, SweepSettings, _sweep
+from onnx_rmpe.calibration.targets import _ann_means, qcfs_with_levels
+from onnx_rmpe.data import check_fits, load_data
+from onnx_rmpe.errors import ConversionError
+from onnx_rmpe.modelio import (
+    get_metadata,
+    is_qcfs,
+    is_snn,
+    neuron_attributes,
+    read_model,
+    save_model,
+    set_metadata,
+    to_graph,
+    to_model,
+)
+from onnx_rmpe.outputs import WORK_PREFIX, check_outputs
+from onnx_rmpe.passes.rmpe import set_initial_potentials
+from onnx_rmpe.runtime.memory import cache_limit, plan_batch
+from onnx_rmpe.runtime.neurons import DEFAULT_PHI, IF_OP, QCFS_OP
+from onnx_rmpe.runtime.options import RuntimeOptions
+from onnx_rmpe.runtime.progress import progress_bar
+from onnx_rmpe.runtime.segments import segments
+from onnx_rmpe.runtime.session import Device
+from onnx_rmpe.runtime.spike_cache import SpikeStore
+
+logger = logging.getLogger(__name__)
+
+
+GRANULARITIES = ("neuron", "channel")
+
+
+def _snn_settings(snn: onnx.ModelProto) -> tuple[int, float]:
+    """T and phi of the (model-wide) IF neurons, read from the node attributes."""
+    attrs = neuron_attributes(snn, IF_OP)
+    if "T" not in attrs:
+        raise ConversionError("the model has no IFNeuron node: calibrate a converted SNN")
+    return int(attrs["T"]), float(attrs.get("phi", DEFAULT_PHI))
+
+def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | str | os.PathLike,
+              data, *, samples: int | None = None, batch_size: int = 128,
+              granularity: str = "neuron", sweeps: int = 1, target_levels: int | None = None,
+              check: bool = True, reference: onnx.ModelProto | None = None,
+              output: str | os.PathLike | None = None,
+              threads: int | None = None, device: Device = "cpu",
+              providers: Sequence[str] | None = None, max_memory: int | None = None,
+              runtime: RuntimeOptions | None = None,
+              progress: bool = False) -> CalibrationResult:
+    """Calibrate the initial potentials of ``snn`` against its QCFS ANN on ``data``.
+
+    ``snn`` and ``qcfs`` (models or paths) come from :func:`onnx_rmpe.convert`; layers are
+    matched by node name. Any ``v_init`` already in ``snn`` is replaced. ``sweeps > 1``
+    repeats the front-to-back sweep, each time measuring with the corrections found so far.
+    ``target_levels``: the QCFS levels of the ANN target. Default: the model's own ``L``
+    when its thresholds were trained (fine-tuned QCFS: that ANN *is* the model); for
+    post-training thresholds ``max(L, T)``: at ``T > L`` the same thresholds with ``T``
+    levels, the finer activation an SNN with ``T`` steps can express, so a long SNN is not
+    pulled back to an arbitrary coarse quantization of the ReLU network.
+    ``check``: compare, on the calibration data, how far the SNN's outputs are from the
+    ``reference`` model's (default the QCFS ANN; ``convert`` passes the clip ANN for a
+    ReLU model) before and after calibration, and reject the calibration only if it moves
+    them significantly away (see :func:`_check`); calibration pulls the SNN towards the
+    QCFS ANN, which cannot help when that ANN is itself poor (post-training QCFS at small
+    L).
+    ``output`` (if given) receives the calibrated SNN, written only on
+    success; it may not be one of the inputs. ``max_memory`` (bytes; default half the
+    available memory) bounds the batch size of the SNN runs.
+    """
+    batch_size, threads, device, max_memory = RuntimeOptions.resolve(
+        runtime, batch_size=batch_size, threads=threads, device=device, providers=providers,
+        max_memory=max_memory)
+    start = time.perf_counter()
+    validate.samples("samples", samples)
+    validate.choice("granularity", granularity, GRANULARITIES)
+    validate.integer("sweeps", sweeps, minimum=1)
+    validate.batch_size(batch_size)
+    validate.threads(threads)
+    check_outputs({"output": output}, {k: v for k, v in (("snn", snn), ("qcfs", qcfs),
+                                                         ("data", data))
+                                       if isinstance(v, (str, os.PathLike))})
+    snn, snn_name = read_model(snn)
+    qcfs, qcfs_name = read_model(qcfs)
+    _check_kinds(snn, snn_name, qcfs, qcfs_name)
+    ds = load_data(data).head(samples)
+    check_fits(ds, qcfs)
+    T, phi = _snn_settings(snn)
+    batch_size = plan_batch(snn, batch_size, max_memory, what=f"the SNN (T={T})")
+    segs = segments(snn)
+    levels = int(neuron_attributes(qcfs, QCFS_OP).get("levels", T))
+    if target_levels is None:
+        trained = get_metadata(qcfs).get("onnx_rmpe.thresholds_from") == "training"
+        target_levels = levels if trained else max(levels, T)
+    names = [s.layer.name for s in segs]
+    targets, provider = _ann_means(qcfs_with_levels(qcfs, target_levels), ds, names,
+                                   batch_size, threads, device)
+    v_inits = {s.layer.name: np.zeros((), np.float32) for s in segs}
+    with tempfile.TemporaryDirectory(prefix=WORK_PREFIX) as cache_dir, \
+            progress_bar(progress, "RMPE") as bar:
+        store = SpikeStore(cache_dir)
+        for sweep in range(sweeps):
+            settings = SweepSettings(T, phi, granularity, batch_size,
+                                     cache_limit(max_memory, CURRENT_CACHE_BYTES),
+                                     threads, device)
+            reports = _sweep(segs, ds, targets, v_inits, settings, store, bar, sweep)
+    _warn_silent(reports)
+    graph = to_graph(snn)
+    set_initial_potentials(graph, v_inits=v_inits)
+    meta = get_metadata(snn)
+    out = to_model(graph, metadata=meta)
+    result = CalibrationResult(out, reports, T, len(ds), provider=provider,
+                               spike_cache_bytes=store.peak_bytes)
+    if check:
+        out = _check(result, snn, reference or qcfs, ds, batch_size, threads, device)
+    for key, value in {"onnx_rmpe.rmpe": "layerwise" if result.accepted else "rejected",
+                       "onnx_rmpe.rmpe_T": str(T),
+                       "onnx_rmpe.rmpe_samples": str(len(ds)),
+                       "onnx_rmpe.rmpe_granularity": granularity,
+                       "onnx_rmpe.rmpe_sweeps": str(sweeps),
+                       "onnx_rmpe.rmpe_target_levels": str(target_levels)}.items():
+        set_metadata(out, key, value)
+    set_metadata(out, "onnx_rmpe.rmpe_layers", json.dumps(  # per-layer figures, for inspect
+        [{k: round(v, 6) if isinstance(v, float) else v for k, v in vars(layer).items()}
+         for layer in result.layers]))
+    result.snn, result.seconds = out, time.perf_counter() - start
+    if output is not None:
+        result.output_path = save_model(out, output)
+    logger.info("RMPE calibration of %d layer(s) on %d samples, T=%d, %s: %.1fs, spike caches "
+                "%.1f MiB on disk at the peak", len(segs), len(ds), T, result.provider,
+                result.seconds, result.spike_cache_bytes / 2**20)
+    return result
+
+def _check_kinds(snn: onnx.ModelProto, snn_name: str, qcfs: onnx.ModelProto,
+                 qcfs_name: str) -> None:
+    if not is_snn(snn):
+        raise ConversionError(f"'{snn_name}' is not a multi-step SNN converted by onnx-rmpe (no "
+                              "IFNeuron node); calibrate the output of `onnx-rmpe convert`")
+    if not is_qcfs(qcfs):
+        what = "an SNN" if is_snn(qcfs) else "not a QCFS ANN (it has no QCFS node)"
+        raise ConversionError(f"the QCFS model '{qcfs_name}' is {what}; give the QCFS ANN the "
+                              "SNN was converted from (`onnx-rmpe convert --save-qcfs`)")
