@@ -49,7 +49,7 @@ _PLACEHOLDER = re.compile(r"(?<![\w.])(" + "|".join(re.escape(k) for k in PLACEH
 #: a number (int, float, exponent) with an optional unit suffix
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?:[kMGT%s])?(?![\w])")
 _BOX = re.compile(r"[\u2500-\u257f]")
-_VERDICT = re.compile(r"\b(kept|rejected)\b")
+_VERDICT = re.compile(r"REJECTED \(previous potentials kept\)|\bkept\b|\brejected\b")
 
 
 # ----------------------------------------------------------------------------- README parsing
@@ -112,7 +112,7 @@ def normalize(line: str) -> str:
 # ----------------------------------------------------------------------------- running
 def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args], cwd=cwd, env=ENV, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=1800)  # generous: a loaded 2-core machine
 
 
 def _copy_demo(demo: Path, dest: Path) -> Path:

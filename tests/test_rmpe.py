@@ -145,6 +145,25 @@ def test_check_rejects_a_calibration_that_lowers_agreement(plain_and_calibrated,
     np.testing.assert_array_equal(run(result.snn, xt)[0], run(plain.snn, xt)[0])
 
 
+def test_rejected_recalibration_keeps_the_earlier_calibration(plain_and_calibrated,
+                                                              digits_data, caplog):
+    """Recalibrating an already calibrated SNN (issue 15.2): when the check rejects it, the
+    earlier calibration stays, and the metadata and the warning say exactly that."""
+    (x, _), (xt, _) = digits_data
+    plain, calibrated = plain_and_calibrated
+    # the calibrated SNN as its own reference: any change of its potentials is worse
+    again = calibrate(calibrated.snn, plain.qcfs, x[512:640], reference=calibrated.snn)
+    assert again.check["before"] == 0.0 and again.check["after"] > 0.0
+    assert not again.accepted
+    meta, earlier = get_metadata(again.snn), get_metadata(calibrated.snn)
+    assert meta["onnx_rmpe.rmpe"] == "layerwise"
+    assert meta["onnx_rmpe.rmpe_samples"] == earlier["onnx_rmpe.rmpe_samples"] == "512"
+    assert "kept the earlier calibration" in meta["onnx_rmpe.rmpe_recalibration"]
+    assert "potentials the SNN had before" in caplog.text
+    assert "T <= L" not in caplog.text and "uncalibrated" not in caplog.text
+    np.testing.assert_array_equal(run(again.snn, xt)[0], run(calibrated.snn, xt)[0])
+
+
 def test_check_accepts_a_calibration_that_brings_the_ann_closer(plain_and_calibrated,
                                                                   digits_data):
     (x, y), _ = digits_data

@@ -128,6 +128,14 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
                                spike_cache_bytes=store.peak_bytes)
     if check:
         out = _check(result, snn, reference or qcfs, ds, batch_size, threads, device)
+    if not result.accepted and meta.get("onnx_rmpe.rmpe") == "layerwise":
+        # a rejected recalibration keeps the earlier calibration: say so, keep its record
+        set_metadata(out, "onnx_rmpe.rmpe_recalibration",
+                     f"rejected on {len(ds)} samples: kept the earlier calibration")
+        result.snn, result.seconds = out, time.perf_counter() - start
+        if output is not None:
+            result.output_path = save_model(out, output)
+        return result
     for key, value in {"onnx_rmpe.rmpe": "layerwise" if result.accepted else "rejected",
                        "onnx_rmpe.rmpe_T": str(T),
                        "onnx_rmpe.rmpe_samples": str(len(ds)),
