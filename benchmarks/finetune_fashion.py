@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -45,12 +46,20 @@ from onnx_rmpe.convert import build_qcfs, convert
 from onnx_rmpe.data import Dataset
 from onnx_rmpe.finetune import finetune
 
+sys.path.insert(0, str(Path(__file__).parent))
+from finetune_reference import reference_finetune  # noqa: E402
+
 CACHE = Path(os.environ.get("ONNX_RMPE_BENCH_CACHE", Path.home() / ".cache/onnx-rmpe-bench"))
 LEVELS = 4
 CALIB = 512
+REF = None  # benchmarks/finetune_reference.py
 OLD = dict(optimizer="adam", lr=1e-3, schedule="constant", batch_size=64, distill=0.0)
 #: name -> (description, finetune keyword arguments, training images, epochs, labels)
 VARIANTS = {
+    "reference-1x10k": ("reference: issue's independent recipe (plain torch)", REF, 10_000, 1,
+                        True),
+    "reference-3x60k": ("reference: issue's independent recipe (plain torch)", REF, 60_000, 3,
+                        True),
     "old-1x10k": ("old recipe: Adam 1e-3, constant, batch 64", OLD, 10_000, 1, True),
     "default-1x10k": ("default: SGD 0.9, lr 0.01, cosine, batch 128", {}, 10_000, 1, True),
     "distil-1x10k": ("default, no labels (distillation)", {}, 10_000, 1, False),
@@ -97,10 +106,18 @@ def run_variant(name: str, relu: onnx.ModelProto, data, steps, seed: int, save) 
     idx = np.random.default_rng(seed).permutation(len(xtr))[:n]
     train = (xtr[idx], ytr[idx]) if labels else xtr[idx]
     start = time.perf_counter()
-    ft = finetune(relu, train, levels=LEVELS, epochs=epochs, seed=seed, progress=False, **kwargs)
+    if kwargs is REF:
+        exported = reference_finetune(relu, xtr[idx], ytr[idx], levels=LEVELS, epochs=epochs,
+                                      seed=seed)
+        qcfs = build_qcfs(exported, None, levels=LEVELS)[0]  # adds the QCFS function
+        distill = 0.0
+    else:
+        ft = finetune(relu, train, levels=LEVELS, epochs=epochs, seed=seed, progress=False,
+                      **kwargs)
+        qcfs, distill = ft.model, ft.distill
     seconds = time.perf_counter() - start
     rec = dict(name=name, description=desc, samples=n, epochs=epochs, labels=labels,
-               seconds=seconds, qcfs=accuracy(ft.model, xte, yte), distill=ft.distill, snn={},
+               seconds=seconds, qcfs=accuracy(qcfs, xte, yte), distill=distill, snn={},
                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                load=os.getloadavg()[0])
     print(f"{name}: QCFS {100 * rec['qcfs']:.2f} ({seconds:.0f}s)", flush=True)
@@ -110,7 +127,7 @@ def run_variant(name: str, relu: onnx.ModelProto, data, steps, seed: int, save) 
         rec["snn"][str(T)] = acc
         save(rec)
 
-    snn_curve(ft.model, xtr[idx], xte, yte, steps, on_point)
+    snn_curve(qcfs, xtr[idx], xte, yte, steps, on_point)
 
 
 def baseline(relu: onnx.ModelProto, data, seed: int) -> dict:
