@@ -123,3 +123,23 @@ def test_snn_finetune_user_errors(relu_model, snn_T1, digits_data):
         finetune_snn(snn_T1, x, steps=1)
     with pytest.raises(OptionError, match="--steps"):
         finetune_snn(snn_T1, (x, y), steps=-1)
+
+
+def test_cli_finetune_snn(tmp_path, relu_model, snn_T1, digits_data):
+    from click.testing import CliRunner
+
+    from onnx_rmpe.cli.main import cli
+    (x, _), (xv, _) = digits_data
+    onnx.save(relu_model, tmp_path / "ann.onnx")
+    onnx.save(snn_T1, tmp_path / "snn.onnx")
+    np.savez(tmp_path / "unlabelled.npz", x=x[:600])
+    args = ["finetune-snn", str(tmp_path / "snn.onnx"), "--data", str(tmp_path / "unlabelled.npz"),
+            "--steps", "20", "-o", str(tmp_path / "out.onnx")]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 1 and "--teacher" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "out.onnx").exists()
+    res = CliRunner().invoke(cli, [*args, "--teacher", str(tmp_path / "ann.onnx")])
+    assert res.exit_code == 0, res.output
+    assert "T=1: loss on the first training samples" in res.output
+    out = run(onnx.load(tmp_path / "out.onnx"), xv)[0]
+    assert out.shape == (len(xv), 10) and np.isfinite(out).all()
