@@ -30,6 +30,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -45,6 +46,7 @@ import torch
 from onnx_rmpe.convert import build_qcfs, convert
 from onnx_rmpe.data import Dataset
 from onnx_rmpe.finetune import finetune
+from onnx_rmpe.finetune_snn import finetune_snn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from finetune_reference import reference_finetune  # noqa: E402
@@ -53,6 +55,8 @@ CACHE = Path(os.environ.get("ONNX_RMPE_BENCH_CACHE", Path.home() / ".cache/onnx-
 LEVELS = 4
 CALIB = 512
 REF = None  # benchmarks/finetune_reference.py
+SNN = {}  # the default recipe, then finetune_snn for each T <= SNN_MAX_T
+SNN_STEPS, SNN_MAX_T = 200, 2
 OLD = dict(optimizer="adam", lr=1e-3, schedule="constant", batch_size=64, distill=0.0)
 #: name -> (description, finetune keyword arguments, training images, epochs, labels)
 VARIANTS = {
@@ -63,6 +67,9 @@ VARIANTS = {
     "old-1x10k": ("old recipe: Adam 1e-3, constant, batch 64", OLD, 10_000, 1, True),
     "default-1x10k": ("default: SGD 0.9, lr 0.01, cosine, batch 128", {}, 10_000, 1, True),
     "distil-1x10k": ("default, no labels (distillation)", {}, 10_000, 1, False),
+    "snn-1x10k": (f"default + SNN-level stage (finetune_snn: {SNN_STEPS} steps, batch 64, "
+                  "theta and v_init, distillation) at T <= 2", SNN, 10_000, 1, True),
+    "default-1x60k": ("default: SGD 0.9, lr 0.01, cosine, batch 128", {}, 60_000, 1, True),
     "default-3x60k": ("default: SGD 0.9, lr 0.01, cosine, batch 128", {}, 60_000, 3, True),
 }
 
@@ -112,9 +119,16 @@ def run_variant(name: str, relu: onnx.ModelProto, data, steps, seed: int, save) 
         qcfs = build_qcfs(exported, None, levels=LEVELS)[0]  # adds the QCFS function
         distill = 0.0
     else:
-        ft = finetune(relu, train, levels=LEVELS, epochs=epochs, seed=seed, progress=False,
-                      **kwargs)
-        qcfs, distill = ft.model, ft.distill
+        base = "default-1x10k" if kwargs is SNN else name
+        key = hashlib.sha1(relu.SerializeToString()).hexdigest()[:10]
+        cached = CACHE / f"ft_{key}_{base}_s{seed}.onnx"
+        if cached.exists():
+            qcfs = onnx.load(str(cached))
+        else:
+            qcfs = finetune(relu, train, levels=LEVELS, epochs=epochs, seed=seed,
+                            progress=False, **kwargs).model
+            onnx.save(qcfs, str(cached))
+        distill = 1.0 if not labels else 0.0
     seconds = time.perf_counter() - start
     rec = dict(name=name, description=desc, samples=n, epochs=epochs, labels=labels,
                seconds=seconds, qcfs=accuracy(qcfs, xte, yte), distill=distill, snn={},
@@ -127,7 +141,27 @@ def run_variant(name: str, relu: onnx.ModelProto, data, steps, seed: int, save) 
         rec["snn"][str(T)] = acc
         save(rec)
 
-    snn_curve(qcfs, xtr[idx], xte, yte, steps, on_point)
+    if kwargs is SNN:
+        snn_stage_curve(qcfs, relu, xtr[idx], xte, yte, [t for t in steps if t <= SNN_MAX_T],
+                        rec, save)
+    else:
+        snn_curve(qcfs, xtr[idx], xte, yte, steps, on_point)
+
+
+def snn_stage_curve(qcfs, relu, xtrain, x, y, steps, rec: dict, save) -> None:
+    """Default ``convert``, then :func:`finetune_snn` on the budget's images (no labels)."""
+    rec["snn_before"], rec["snn_seconds"] = {}, {}
+    for T in steps:
+        snn = convert(qcfs, T=T, calib=xtrain, calib_samples=CALIB, threads=1).snn
+        rec["snn_before"][str(T)] = accuracy(snn, x, y)
+        start = time.perf_counter()
+        tuned = finetune_snn(snn, xtrain, teacher=relu, steps=SNN_STEPS, seed=0)
+        rec["snn_seconds"][str(T)] = time.perf_counter() - start
+        rec["snn"][str(T)] = accuracy(tuned.model, x, y)
+        print(f"  T={T}: {100 * rec['snn_before'][str(T)]:.2f} -> {100 * rec['snn'][str(T)]:.2f}"
+              f" (SNN stage {rec['snn_seconds'][str(T)]:.0f}s, loss {tuned.loss_before:.3f} -> "
+              f"{tuned.loss_after:.3f})", flush=True)
+        save(rec)
 
 
 def baseline(relu: onnx.ModelProto, data, seed: int) -> dict:
