@@ -130,7 +130,7 @@ def run_variant(name: str, relu: onnx.ModelProto, data, steps, seed: int, save) 
         onnx.save(qcfs, str(cached))
         seconds_file.write_text(str(time.perf_counter() - start))
     distill = 1.0 if not labels else 0.0
-    seconds = float(seconds_file.read_text())
+    seconds = float(seconds_file.read_text()) if seconds_file.exists() else float("nan")
     rec = dict(name=name, description=desc, samples=n, epochs=epochs, labels=labels,
                seconds=seconds, qcfs=accuracy(qcfs, xte, yte), distill=distill, snn={},
                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
