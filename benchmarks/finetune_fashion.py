@@ -56,7 +56,8 @@ LEVELS = 4
 CALIB = 512
 REF = None  # benchmarks/finetune_reference.py
 SNN = {}  # the default recipe, then finetune_snn for each T <= SNN_MAX_T
-SNN_STEPS, SNN_MAX_T = 200, 2
+SNN_STEPS = 200
+SNN_MAX_T = int(os.environ.get("FINETUNE_SNN_MAX_T", 2))  # the stage is meant for T <= 2
 OLD = dict(optimizer="adam", lr=1e-3, schedule="constant", batch_size=64, distill=0.0)
 #: name -> (description, finetune keyword arguments, training images, epochs, labels)
 VARIANTS = {
@@ -151,7 +152,8 @@ def run_variant(name: str, relu: onnx.ModelProto, data, steps, seed: int, save) 
 
 def snn_stage_curve(qcfs, relu, xtrain, x, y, steps, rec: dict, save) -> None:
     """Default ``convert``, then :func:`finetune_snn` on the budget's images (no labels)."""
-    rec["snn_before"], rec["snn_seconds"] = {}, {}
+    rec.setdefault("snn_before", {})
+    rec.setdefault("snn_seconds", {})
     for T in steps:
         snn = convert(qcfs, T=T, calib=xtrain, calib_samples=CALIB, threads=1).snn
         rec["snn_before"][str(T)] = accuracy(snn, x, y)
