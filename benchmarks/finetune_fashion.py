@@ -56,6 +56,7 @@ LEVELS = 4
 CALIB = 512
 REF = None  # benchmarks/finetune_reference.py
 SNN = {}  # the default recipe, then finetune_snn for each T <= SNN_MAX_T
+SNN_PTQ = {"ptq": True}  # no QCFS fine-tuning: default convert of the ReLU net, then finetune_snn
 SNN_STEPS = 200
 SNN_MAX_T = int(os.environ.get("FINETUNE_SNN_MAX_T", 2))  # the stage is meant for T <= 2
 OLD = dict(optimizer="adam", lr=1e-3, schedule="constant", batch_size=64, distill=0.0)
@@ -70,6 +71,9 @@ VARIANTS = {
     "distil-1x10k": ("default, no labels (distillation)", {}, 10_000, 1, False),
     "snn-1x10k": (f"default + SNN-level stage (finetune_snn: {SNN_STEPS} steps, batch 64, "
                   "theta and v_init, distillation) at T <= 2", SNN, 10_000, 1, True),
+    "snn-ptq-1x10k": (f"no QCFS fine-tuning: default convert of the ReLU net + SNN-level stage "
+                      f"({SNN_STEPS} steps, batch 64, theta and v_init, distillation)", SNN_PTQ,
+                      10_000, 0, False),
     "default-1x60k": ("default: SGD 0.9, lr 0.01, cosine, batch 128", {}, 60_000, 1, True),
     "default-3x60k": ("default: SGD 0.9, lr 0.01, cosine, batch 128", {}, 60_000, 3, True),
 }
@@ -117,7 +121,10 @@ def run_variant(name: str, relu: onnx.ModelProto, data, steps, seed: int, save) 
     base = "default-1x10k" if kwargs is SNN else name
     cached = CACHE / f"ft_{hashlib.sha1(relu.SerializeToString()).hexdigest()[:10]}_{base}" \
                      f"_s{seed}.onnx"
-    if cached.exists():  # fine-tuned QCFS models are cached (seconds: of that first run)
+    if kwargs is SNN_PTQ:  # convert() calibrates (threshold search for T, RMPE) from the ReLU
+        qcfs = relu
+        cached = CACHE / "none"
+    elif cached.exists():  # fine-tuned QCFS models are cached (seconds: of that first run)
         qcfs = onnx.load(str(cached))
     elif kwargs is REF:
         exported = reference_finetune(relu, xtr[idx], ytr[idx], levels=LEVELS, epochs=epochs,
@@ -127,13 +134,16 @@ def run_variant(name: str, relu: onnx.ModelProto, data, steps, seed: int, save) 
         qcfs = finetune(relu, train, levels=LEVELS, epochs=epochs, seed=seed, progress=False,
                         **kwargs).model
     seconds_file = cached.with_suffix(".seconds")
-    if not cached.exists():
+    if not cached.exists() and kwargs is not SNN_PTQ:
         onnx.save(qcfs, str(cached))
         seconds_file.write_text(str(time.perf_counter() - start))
     distill = 1.0 if not labels else 0.0
-    seconds = float(seconds_file.read_text()) if seconds_file.exists() else float("nan")
+    seconds = float(seconds_file.read_text()) if seconds_file.exists() else \
+        0.0 if kwargs is SNN_PTQ else float("nan")
     rec = dict(name=name, description=desc, samples=n, epochs=epochs, labels=labels,
-               seconds=seconds, qcfs=accuracy(qcfs, xte, yte), distill=distill, snn={},
+               seconds=seconds, distill=distill, snn={},
+               qcfs=accuracy(build_qcfs(qcfs, Dataset(xtr[idx][:1024]), levels=LEVELS)[0]
+                             if kwargs is SNN_PTQ else qcfs, xte, yte),
                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                load=os.getloadavg()[0])
     print(f"{name}: QCFS {100 * rec['qcfs']:.2f} ({seconds:.0f}s)", flush=True)
@@ -143,7 +153,7 @@ def run_variant(name: str, relu: onnx.ModelProto, data, steps, seed: int, save) 
         rec["snn"][str(T)] = acc
         save(rec)
 
-    if kwargs is SNN:
+    if kwargs is SNN or kwargs is SNN_PTQ:
         snn_stage_curve(qcfs, relu, xtr[idx], xte, yte, [t for t in steps if t <= SNN_MAX_T],
                         rec, save)
     else:
