@@ -71,7 +71,8 @@ VARIANTS = {
     "distil-1x10k": ("default, no labels (distillation)", {}, 10_000, 1, False),
     "snn-1x10k": (f"default + SNN-level stage (finetune_snn: {SNN_STEPS} steps, batch 64, "
                   "theta and v_init, distillation) at T <= 2", SNN, 10_000, 1, True),
-    "snn-ptq-1x10k": (f"no QCFS fine-tuning: default convert of the ReLU net + SNN-level stage "
+    "snn-ptq-1x10k": (f"no QCFS fine-tuning: default convert (L=8, thresholds searched for T) "
+                      f"of the ReLU net + SNN-level stage "
                       f"({SNN_STEPS} steps, batch 64, theta and v_init, distillation)", SNN_PTQ,
                       10_000, 0, False),
     "default-1x60k": ("default: SGD 0.9, lr 0.01, cosine, batch 128", {}, 60_000, 1, True),
@@ -142,7 +143,7 @@ def run_variant(name: str, relu: onnx.ModelProto, data, steps, seed: int, save) 
         0.0 if kwargs is SNN_PTQ else float("nan")
     rec = dict(name=name, description=desc, samples=n, epochs=epochs, labels=labels,
                seconds=seconds, distill=distill, snn={},
-               qcfs=accuracy(build_qcfs(qcfs, Dataset(xtr[idx][:1024]), levels=LEVELS)[0]
+               qcfs=accuracy(build_qcfs(qcfs, Dataset(xtr[idx][:1024]))[0]  # convert's L=8
                              if kwargs is SNN_PTQ else qcfs, xte, yte),
                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                load=os.getloadavg()[0])
