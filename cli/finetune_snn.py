@@ -20,7 +20,7 @@ from onnx_rmpe.finetune_snn import NEURON_LR, WEIGHT_LR
                                  "(needed for data without labels).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output SNN [default: SNN.ft.onnx beside SNN].")
-@click.option("--steps", default=300, show_default=True, type=int, help="Optimizer steps.")
+@click.option("--steps", default=200, show_default=True, type=int, help="Optimizer steps.")
 @click.option("--batch-size", default=64, show_default=True, type=int, help="Batch size.")
 @click.option("--lr", default=NEURON_LR, show_default=True, type=float,
               help="Adam learning rate of thresholds and initial potentials.")

@@ -54,7 +54,7 @@ class SnnFinetuneResult:
 
 
 def finetune_snn(snn: str | os.PathLike | onnx.ModelProto, data, *,
-                 teacher: str | os.PathLike | onnx.ModelProto | None = None, steps: int = 300,
+                 teacher: str | os.PathLike | onnx.ModelProto | None = None, steps: int = 200,
                  batch_size: int = 64, lr: float = NEURON_LR, train_weights: bool = False,
                  weight_lr: float = WEIGHT_LR, distill: float | None = None,
                  temperature: float = 1.0, seed: int = 0) -> SnnFinetuneResult:
