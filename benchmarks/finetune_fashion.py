@@ -30,9 +30,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -44,16 +46,36 @@ import torch
 from onnx_rmpe.convert import build_qcfs, convert
 from onnx_rmpe.data import Dataset
 from onnx_rmpe.finetune import finetune
+from onnx_rmpe.finetune_snn import finetune_snn
+
+sys.path.insert(0, str(Path(__file__).parent))
+from finetune_reference import reference_finetune  # noqa: E402
 
 CACHE = Path(os.environ.get("ONNX_RMPE_BENCH_CACHE", Path.home() / ".cache/onnx-rmpe-bench"))
 LEVELS = 4
 CALIB = 512
+REF = None  # benchmarks/finetune_reference.py
+SNN = {}  # the default recipe, then finetune_snn for each T <= SNN_MAX_T
+SNN_PTQ = {"ptq": True}  # no QCFS fine-tuning: default convert of the ReLU net, then finetune_snn
+SNN_STEPS = 200
+SNN_MAX_T = int(os.environ.get("FINETUNE_SNN_MAX_T", 2))  # the stage is meant for T <= 2
 OLD = dict(optimizer="adam", lr=1e-3, schedule="constant", batch_size=64, distill=0.0)
 #: name -> (description, finetune keyword arguments, training images, epochs, labels)
 VARIANTS = {
+    "reference-1x10k": ("reference: issue's independent recipe (plain torch)", REF, 10_000, 1,
+                        True),
+    "reference-3x60k": ("reference: issue's independent recipe (plain torch)", REF, 60_000, 3,
+                        True),
     "old-1x10k": ("old recipe: Adam 1e-3, constant, batch 64", OLD, 10_000, 1, True),
     "default-1x10k": ("default: SGD 0.9, lr 0.01, cosine, batch 128", {}, 10_000, 1, True),
     "distil-1x10k": ("default, no labels (distillation)", {}, 10_000, 1, False),
+    "snn-1x10k": (f"default + SNN-level stage (finetune_snn: {SNN_STEPS} steps, batch 64, "
+                  "theta and v_init, distillation) at T <= 2", SNN, 10_000, 1, True),
+    "snn-ptq-1x10k": (f"no QCFS fine-tuning: default convert (L=8, thresholds searched for T) "
+                      f"of the ReLU net + SNN-level stage "
+                      f"({SNN_STEPS} steps, batch 64, theta and v_init, distillation)", SNN_PTQ,
+                      10_000, 0, False),
+    "default-1x60k": ("default: SGD 0.9, lr 0.01, cosine, batch 128", {}, 60_000, 1, True),
     "default-3x60k": ("default: SGD 0.9, lr 0.01, cosine, batch 128", {}, 60_000, 3, True),
 }
 
@@ -97,10 +119,32 @@ def run_variant(name: str, relu: onnx.ModelProto, data, steps, seed: int, save) 
     idx = np.random.default_rng(seed).permutation(len(xtr))[:n]
     train = (xtr[idx], ytr[idx]) if labels else xtr[idx]
     start = time.perf_counter()
-    ft = finetune(relu, train, levels=LEVELS, epochs=epochs, seed=seed, progress=False, **kwargs)
-    seconds = time.perf_counter() - start
+    base = "default-1x10k" if kwargs is SNN else name
+    cached = CACHE / f"ft_{hashlib.sha1(relu.SerializeToString()).hexdigest()[:10]}_{base}" \
+                     f"_s{seed}.onnx"
+    if kwargs is SNN_PTQ:  # convert() calibrates (threshold search for T, RMPE) from the ReLU
+        qcfs = relu
+        cached = CACHE / "none"
+    elif cached.exists():  # fine-tuned QCFS models are cached (seconds: of that first run)
+        qcfs = onnx.load(str(cached))
+    elif kwargs is REF:
+        exported = reference_finetune(relu, xtr[idx], ytr[idx], levels=LEVELS, epochs=epochs,
+                                      seed=seed)
+        qcfs = build_qcfs(exported, None, levels=LEVELS)[0]  # adds the QCFS function
+    else:
+        qcfs = finetune(relu, train, levels=LEVELS, epochs=epochs, seed=seed, progress=False,
+                        **kwargs).model
+    seconds_file = cached.with_suffix(".seconds")
+    if not cached.exists() and kwargs is not SNN_PTQ:
+        onnx.save(qcfs, str(cached))
+        seconds_file.write_text(str(time.perf_counter() - start))
+    distill = 1.0 if not labels else 0.0
+    seconds = float(seconds_file.read_text()) if seconds_file.exists() else \
+        0.0 if kwargs is SNN_PTQ else float("nan")
     rec = dict(name=name, description=desc, samples=n, epochs=epochs, labels=labels,
-               seconds=seconds, qcfs=accuracy(ft.model, xte, yte), distill=ft.distill, snn={},
+               seconds=seconds, distill=distill, snn={},
+               qcfs=accuracy(build_qcfs(qcfs, Dataset(xtr[idx][:1024]))[0]  # convert's L=8
+                             if kwargs is SNN_PTQ else qcfs, xte, yte),
                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                load=os.getloadavg()[0])
     print(f"{name}: QCFS {100 * rec['qcfs']:.2f} ({seconds:.0f}s)", flush=True)
@@ -110,7 +154,28 @@ def run_variant(name: str, relu: onnx.ModelProto, data, steps, seed: int, save) 
         rec["snn"][str(T)] = acc
         save(rec)
 
-    snn_curve(ft.model, xtr[idx], xte, yte, steps, on_point)
+    if kwargs is SNN or kwargs is SNN_PTQ:
+        snn_stage_curve(qcfs, relu, xtr[idx], xte, yte, [t for t in steps if t <= SNN_MAX_T],
+                        rec, save)
+    else:
+        snn_curve(qcfs, xtr[idx], xte, yte, steps, on_point)
+
+
+def snn_stage_curve(qcfs, relu, xtrain, x, y, steps, rec: dict, save) -> None:
+    """Default ``convert``, then :func:`finetune_snn` on the budget's images (no labels)."""
+    rec.setdefault("snn_before", {})
+    rec.setdefault("snn_seconds", {})
+    for T in steps:
+        snn = convert(qcfs, T=T, calib=xtrain, calib_samples=CALIB, threads=1).snn
+        rec["snn_before"][str(T)] = accuracy(snn, x, y)
+        start = time.perf_counter()
+        tuned = finetune_snn(snn, xtrain, teacher=relu, steps=SNN_STEPS, seed=0)
+        rec["snn_seconds"][str(T)] = time.perf_counter() - start
+        rec["snn"][str(T)] = accuracy(tuned.model, x, y)
+        print(f"  T={T}: {100 * rec['snn_before'][str(T)]:.2f} -> {100 * rec['snn'][str(T)]:.2f}"
+              f" (SNN stage {rec['snn_seconds'][str(T)]:.0f}s, loss {tuned.loss_before:.3f} -> "
+              f"{tuned.loss_after:.3f})", flush=True)
+        save(rec)
 
 
 def baseline(relu: onnx.ModelProto, data, seed: int) -> dict:
@@ -151,11 +216,18 @@ def _table(model: str, records: list[dict]) -> list[str]:
     for r in rows:
         data = f"{r['epochs']} ep x {r['samples'] // 1000}k" + ("" if r["labels"] else
                                                                  ", no labels")
-        cells = " | ".join(f"{100 * r['snn'][str(t)]:.2f}" if str(t) in r["snn"] else "-"
-                           for t in steps)
+        cells = " | ".join(_cell(r, str(t)) for t in steps)
         lines.append(f"| {r['description']} | {data} | {100 * r['qcfs']:.2f} | {cells} | "
                      f"{r['seconds']:.0f} | {r['load']:.1f} |")
     return lines + [""]
+
+
+def _cell(r: dict, t: str) -> str:
+    """``after`` or, for the SNN-level stage, ``before -> after`` (default convert first)."""
+    if t not in r["snn"]:
+        return "-"
+    before = r.get("snn_before", {}).get(t)
+    return (f"{100 * before:.2f} -> " if before is not None else "") + f"{100 * r['snn'][t]:.2f}"
 
 
 def main() -> None:

@@ -99,10 +99,11 @@ def _register() -> None:
     from onnx_rmpe.cli.evaluate import evaluate_cmd
     from onnx_rmpe.cli.export_nir import export_nir_cmd
     from onnx_rmpe.cli.finetune import finetune_cmd
+    from onnx_rmpe.cli.finetune_snn import finetune_snn_cmd
     from onnx_rmpe.cli.inspect import inspect_cmd
 
     for cmd in (convert_cmd, calibrate_cmd, evaluate_cmd, inspect_cmd, demo_cmd, finetune_cmd,
-                export_nir_cmd):
+                export_nir_cmd, finetune_snn_cmd):
         log_options(cmd)  # -v/-q also after the command name
         cli.add_command(cmd)
 

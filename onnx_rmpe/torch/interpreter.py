@@ -11,7 +11,10 @@ Which initializers are trained (``nn.Parameter``):
   ``BatchNormalization`` (its running mean and variance stay fixed: inference semantics);
 * the constant operand of an ``Add`` whose other operand comes from Conv / Gemm / MatMul
   (a bias add, as tf2onnx writes Dense layers);
-* the threshold ``lam`` of every ``onnx_rmpe::QCFS`` node.
+* the threshold ``lam`` of every ``onnx_rmpe::QCFS`` node;
+* the threshold ``theta`` and start potential ``v_init`` of every ``onnx_rmpe::IFNeuron``
+  node (an SNN written by ``convert`` runs with surrogate gradients through its T steps:
+  :mod:`onnx_rmpe.torch.surrogate`).
 
 Everything else (shape constants, Clip bounds, input scaling, Constant nodes) is a buffer.
 Invariant of :meth:`OnnxModule.to_onnx`: the graph is unchanged; only the values of the
@@ -29,14 +32,15 @@ from onnx import numpy_helper
 from torch import nn
 
 from onnx_rmpe.errors import OffendingNode, UnsupportedOpError
-from onnx_rmpe.runtime.neurons import DOMAIN, QCFS_OP
+from onnx_rmpe.ops import DOMAIN, IF_OP, QCFS_OP
 from onnx_rmpe.torch.ops import HANDLERS, parse_attributes
 
 logger = logging.getLogger(__name__)
 
 #: node op -> input positions whose initializers are trained
 TRAINED_INPUTS = {"Conv": (1, 2), "Gemm": (0, 1, 2), "MatMul": (0, 1),
-                  "BatchNormalization": (1, 2), QCFS_OP: (1,)}
+                  "BatchNormalization": (1, 2), QCFS_OP: (1,), IF_OP: (1, 2)}
+OUR_OPS = (QCFS_OP, IF_OP)
 LINEAR_OPS = ("Conv", "Gemm", "MatMul")
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
 
@@ -75,6 +79,8 @@ class OnnxModule(nn.Module):
                        for n in graph.node]
         self._qcfs = {n.name or n.output[0]: n.input[1] for n in graph.node
                       if n.domain == DOMAIN and n.op_type == QCFS_OP}
+        self._neurons = [(n.input[1], n.input[2]) for n in graph.node
+                         if n.domain == DOMAIN and n.op_type == IF_OP]
         logger.debug("interpreting %d node(s), %d trained tensor(s)", len(self._nodes),
                      len(self._keys))
 
@@ -107,6 +113,14 @@ class OnnxModule(nn.Module):
     def lam_parameters(self) -> list[nn.Parameter]:
         return [self.params[self._keys[lam]] for lam in self._qcfs.values() if lam in self._keys]
 
+    def neuron_parameters(self) -> list[nn.Parameter]:
+        """``theta`` and ``v_init`` of every IF neuron (empty for an ANN)."""
+        return [self.params[self._keys[n]] for pair in self._neurons for n in pair
+                if n in self._keys]
+
+    def theta_parameters(self) -> list[nn.Parameter]:
+        return [self.params[self._keys[t]] for t, _ in self._neurons if t in self._keys]
+
     def to_onnx(self) -> onnx.ModelProto:
         """The interpreted model with the current values of the trained tensors."""
         return write_back(self, onnx.ModelProto.FromString(self._model_bytes))
@@ -133,7 +147,7 @@ def trained_initializers(graph: onnx.GraphProto) -> set[str]:
     found: set[str] = set()
     for node in graph.node:
         slots = TRAINED_INPUTS.get(node.op_type, ())
-        if node.op_type == QCFS_OP and node.domain != DOMAIN:
+        if node.op_type in OUR_OPS and node.domain != DOMAIN:
             slots = ()
         found |= {node.input[i] for i in slots if i < len(node.input) and node.input[i] in floats}
         if node.op_type == "Add" and len(node.input) == 2:
@@ -147,14 +161,15 @@ def trained_initializers(graph: onnx.GraphProto) -> set[str]:
 def _check_ops(graph: onnx.GraphProto) -> None:
     bad = []
     for node in graph.node:
-        ours = node.domain == DOMAIN and node.op_type == QCFS_OP
+        ours = node.domain == DOMAIN and node.op_type in OUR_OPS
         std = node.domain in ("", "ai.onnx") and node.op_type in HANDLERS \
-            and node.op_type != QCFS_OP
+            and node.op_type not in OUR_OPS
         if not (ours or std):
             bad.append(OffendingNode(node.name, node.op_type, node.domain,
                                      "the torch interpreter (fine-tuning) has no rule for it"))
     if bad:
-        raise UnsupportedOpError(bad, [op for op in HANDLERS if op != QCFS_OP] + [QCFS_OP])
+        raise UnsupportedOpError(bad, [op for op in HANDLERS if op not in OUR_OPS]
+                                 + list(OUR_OPS))
 
 
 def _unique_key(name: str, used: set[str]) -> str:

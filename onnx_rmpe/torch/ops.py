@@ -17,6 +17,7 @@ from onnx import TensorProto, helper
 
 from onnx_rmpe.torch import spatial
 from onnx_rmpe.torch.qcfs import qcfs
+from onnx_rmpe.torch.surrogate import cumsum_op, if_op
 
 Tensor = torch.Tensor
 Handler = Callable[[list, dict], "Tensor | tuple[Tensor, ...]"]
@@ -266,7 +267,8 @@ def qcfs_op(inputs, attrs):
 
 HANDLERS.update({"Conv": spatial.conv, "AveragePool": spatial.average_pool,
                  "MaxPool": spatial.max_pool, "GlobalAveragePool": spatial.global_average_pool,
-                 "GlobalMaxPool": spatial.global_max_pool})
+                 "GlobalMaxPool": spatial.global_max_pool,
+                 "CumSum": cumsum_op, "IFNeuron": if_op})
 
 
 def torch_dtype(onnx_type: int) -> torch.dtype:

@@ -6,11 +6,16 @@ Forward, in the float32 operation order of the ONNX function
     q = floor(x * L / lam + phi) / L
     y = clamp(q, 0, 1) * lam
 
-Backward uses a straight-through estimate for ``floor`` (``d floor(u) / du = 1``) and the
-gradient of ``clamp`` (1 inside ``[0, 1]``, bounds included, 0 outside), which gives::
+Backward is that of Bu et al. 2022's ``lam * floor_ste(clamp(x / lam, 0, 1) * L + phi) / L``
+(clip first, straight-through floor: ``d floor(u) / du = 1``)::
 
-    dy/dx   = m                      m = [0 <= q <= 1]
-    dy/dlam = clamp(q, 0, 1) - m * x / lam
+    dy/dx   = m                      m = [0 <= x <= lam]
+    dy/dlam = m * (q - x / lam) + [x > lam]        q = clamp(floor(x L / lam + phi) / L, 0, 1)
+
+Measured (benchmarks/finetune_fashion.py, 12-epoch VGG-like net, L=4, 1 epoch x 10k, same
+seed): QCFS 89.60 % with this gradient, 88.43 % with the earlier mask ``[0 <= q <= 1]``
+after the floor (which lets inputs up to ``lam (1 + phi / L)`` and down to
+``-lam phi / L`` through and pulls ``lam`` down for inputs just above it).
 
 ``lam`` is one scalar per layer and is trained; ``L`` (levels) and ``phi`` are fixed.
 Exported with ``torch.onnx.export(..., dynamo=False)`` the module becomes one node
@@ -39,11 +44,11 @@ class QCFSFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, lam, q = ctx.saved_tensors
-        inside = ((q >= 0) & (q <= 1)).to(grad.dtype)
+        inside = ((x >= 0) & (x <= lam)).to(grad.dtype)
         grad_x = grad * inside if ctx.needs_input_grad[0] else None
         grad_lam = None
         if ctx.needs_input_grad[1]:
-            local = torch.clamp(q, 0.0, 1.0) - inside * x / lam
+            local = inside * (torch.clamp(q, 0.0, 1.0) - x / lam) + (x > lam).to(grad.dtype)
             grad_lam = (grad * local).sum().reshape(lam.shape)
         return grad_x, grad_lam, None, None
 
