@@ -59,7 +59,7 @@ from onnx_rmpe.passes.rmpe import set_initial_potentials
 from onnx_rmpe.runtime.memory import cache_limit, plan_batch
 from onnx_rmpe.runtime.neurons import DEFAULT_PHI, DOMAIN, IF_OP, QCFS_OP, if_reference
 from onnx_rmpe.runtime.progress import progress_bar
-from onnx_rmpe.runtime.segments import Layer, Segment, segments
+from onnx_rmpe.runtime.segments import Layer, Segment, readout_segment, segments
 from onnx_rmpe.runtime.session import Device, active_provider, batches, make_session
 from onnx_rmpe.runtime.spike_cache import SpikeStore
 from onnx_rmpe.runtime.statistics import expose_outputs
@@ -71,6 +71,8 @@ CLIP_LEVELS = 1 << 20
 #: The check rejects a calibration only when it moves the SNN's outputs away from the
 #: ANN's by more than this many standard errors of the paired per-sample change.
 REJECT_Z = 3.0
+#: Largest T of an SNN the check runs in its network-unrolled form (as ``evaluate`` does).
+UNROLL_MAX_T = 64
 #: Largest input-current cache of one layer (bytes, in memory, freed after the layer);
 #: beyond it the second pass runs the segment again instead.
 CURRENT_CACHE_BYTES = 256 << 20
@@ -174,10 +176,15 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
     with tempfile.TemporaryDirectory(prefix=WORK_PREFIX) as cache_dir, \
             progress_bar(progress, "RMPE") as bar:
         store = SpikeStore(cache_dir)
+        readout = readout_segment(snn) if check else None
         for sweep in range(sweeps):
-            reports = _sweep(segs, ds, targets, v_inits, T, phi, granularity, batch_size,
-                             cache_limit(max_memory, CURRENT_CACHE_BYTES),
-                             threads, device, store, bar, sweep)
+            # the last sweep also keeps the spikes the output reads: the check's calibrated
+            # outputs come from them, not from another pass of the whole SNN
+            reports, calibrated = _sweep(segs, ds, targets, v_inits, T, phi, granularity,
+                                         batch_size,
+                                         cache_limit(max_memory, CURRENT_CACHE_BYTES),
+                                         threads, device, store, bar, sweep,
+                                         readout if sweep == sweeps - 1 else None)
     _warn_silent(reports)
     graph = to_graph(snn)
     set_initial_potentials(graph, v_inits=v_inits)
@@ -186,7 +193,8 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
     result = CalibrationResult(out, reports, T, len(ds), provider=provider,
                                spike_cache_bytes=store.peak_bytes)
     if check:
-        out = _check(result, snn, reference or qcfs, ds, batch_size, threads, device)
+        out = _check(result, snn, reference or qcfs, ds, batch_size, threads, device,
+                     calibrated)
     for key, value in {"onnx_rmpe.rmpe": "layerwise" if result.accepted else "rejected",
                        "onnx_rmpe.rmpe_T": str(T),
                        "onnx_rmpe.rmpe_samples": str(len(ds)),
@@ -226,7 +234,8 @@ def _warn_silent(reports: list[LayerReport]) -> None:
 
 
 def _check(result: CalibrationResult, before: onnx.ModelProto, reference: onnx.ModelProto,
-           ds: Dataset, batch_size: int, threads: int | None, device: Device) -> onnx.ModelProto:
+           ds: Dataset, batch_size: int, threads: int | None, device: Device,
+           calibrated: np.ndarray | None = None) -> onnx.ModelProto:
     """Keep the calibrated SNN unless it is significantly farther from the ANN than before.
 
     The measure is continuous and paired: per sample ``i``, the change
@@ -238,11 +247,16 @@ def _check(result: CalibrationResult, before: onnx.ModelProto, reference: onnx.M
     that is clearly worse is not. Top-1 agreement with the labels (or with the reference's
     classes) is reported, not decided on: on a few hundred samples it moves in steps of
     ``1/n`` and is too coarse to decide by.
+
+    ``calibrated``: the calibrated SNN's outputs when the sweep already computed them from
+    its spike caches (else the calibrated SNN runs here); the SNN before calibration runs in
+    its network-unrolled form for T <= 64 (the same outputs as the multi-step form, faster).
     """
-    target = _outputs(reference, ds, batch_size, threads, device)
+    target = _outputs(_fast_form(reference), ds, batch_size, threads, device)
     classes = ds.y if ds.y is not None else target.argmax(-1)
-    outputs = {name: _outputs(model, ds, batch_size, threads, device)
-               for name, model in (("before", before), ("after", result.snn))}
+    outputs = {"before": _outputs(_fast_form(before), ds, batch_size, threads, device),
+               "after": calibrated if calibrated is not None else
+               _outputs(_fast_form(result.snn), ds, batch_size, threads, device)}
     sq = {name: ((out - target).astype(np.float64) ** 2).reshape(len(out), -1).sum(1)
           for name, out in outputs.items()}
     mse = {name: float(v.mean() / max(1, target[0].size)) for name, v in sq.items()}
@@ -263,6 +277,17 @@ def _check(result: CalibrationResult, before: onnx.ModelProto, reference: onnx.M
                    "(onnx-rmpe finetune) or calibrate with more samples.",
                    mse["before"], mse["after"], z)
     return before
+
+
+def _fast_form(snn: onnx.ModelProto) -> onnx.ModelProto:
+    """The network-unrolled form of a multi-step SNN with T <= 64 (as ``evaluate`` runs it);
+    any other model as it is."""
+    T = int(get_metadata(snn).get("onnx_rmpe.T", 0))
+    if not is_snn(snn) or not 1 <= T <= UNROLL_MAX_T:
+        return snn
+    from onnx_rmpe.forms import snn_to_unrolled
+
+    return snn_to_unrolled(snn)
 
 
 def _outputs(model: onnx.ModelProto, ds: Dataset, batch_size: int, threads: int | None,
@@ -311,11 +336,15 @@ def _ann_means(qcfs: onnx.ModelProto, ds: Dataset, names: list[str], batch_size:
 
 
 def _sweep(segs: list[Segment], ds: Dataset, targets, v_inits, T, phi, granularity, batch_size,
-           current_bytes,
-           threads, device, store, bar, sweep) -> list[LayerReport]:
+           current_bytes, threads, device, store, bar, sweep,
+           readout: Segment | None = None) -> tuple[list[LayerReport], np.ndarray | None]:
+    """One front-to-back sweep; with ``readout`` also the SNN's (first) output, computed by
+    the readout segment on the calibrated spikes."""
     caches: dict[str, np.ndarray] = {}
     thetas = {s.layer.spikes: s.layer.theta for s in segs}
     last_use = {name: i for i, s in enumerate(segs) for name in s.spike_inputs}
+    if readout is not None:
+        last_use.update({name: len(segs) for name in readout.spike_inputs})
     reports = []
     for i, seg in enumerate(segs):
         layer, target, v_prev = seg.layer, targets[seg.layer.name], v_inits[seg.layer.name]
@@ -345,7 +374,15 @@ def _sweep(segs: list[Segment], ds: Dataset, targets, v_inits, T, phi, granulari
         for name in [n for n, last in last_use.items() if last == i and n in caches]:
             store.free(caches.pop(name))
         bar.remove_task(task)
-    return reports
+    outputs = None
+    if readout is not None:
+        session = make_session(readout.model, threads=threads, device=device)
+        feed = _Feeder(readout, session, ds, caches, thetas, T)
+        outputs = np.concatenate([session.run([readout.layer.current], feed.inputs(sl))[0]
+                                  for sl in batches(len(ds), batch_size)])
+    for cache in caches.values():
+        store.free(cache)
+    return reports, outputs
 
 
 def _granular(values: np.ndarray, granularity: str) -> np.ndarray:
@@ -382,14 +419,7 @@ class _Feeder:
     def current(self, sl: slice) -> np.ndarray:
         if self.complete:
             return np.asarray(self.stored[:, sl])
-        feed = {}
-        if self.seg.needs_input:
-            feed[self.input_name] = self.ds.x[sl]
-        for name in self.seg.spike_inputs:
-            spikes = np.asarray(self.caches[name][:, sl])
-            feed[name] = (spikes.astype(np.float32) * self.thetas[name]).reshape(
-                (-1,) + spikes.shape[2:])
-        x = self.session.run([self.seg.layer.current], feed)[0]
+        x = self.session.run([self.seg.layer.current], self.inputs(sl))[0]
         x = x.reshape((self.T, -1) + x.shape[1:])
         if self.store is not None:
             if self.stored is None:
@@ -398,6 +428,17 @@ class _Feeder:
             if self.stored is not None:
                 self.stored[:, sl] = x
         return x
+
+    def inputs(self, sl: slice) -> dict[str, np.ndarray]:
+        """The segment's feed for the samples ``sl``: raw input and cached spikes."""
+        feed = {}
+        if self.seg.needs_input:
+            feed[self.input_name] = self.ds.x[sl]
+        for name in self.seg.spike_inputs:
+            spikes = np.asarray(self.caches[name][:, sl])
+            feed[name] = (spikes.astype(np.float32) * self.thetas[name]).reshape(
+                (-1,) + spikes.shape[2:])
+        return feed
 
     def finish_pass(self) -> None:
         self.complete = self.stored is not None
