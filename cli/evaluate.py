@@ -29,11 +29,15 @@ from onnx_rmpe.cli.report import print_accuracy, print_snn_report
 @click.option("--unroll/--no-unroll", default=None,
               help="Run a multi-step SNN network-unrolled (same outputs, faster) [default: "
                    "when T <= 64].")
+@click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
+              help="ray: run the batches on a Ray cluster (RAY_ADDRESS, else a local one); "
+                   "needs onnx-rmpe[ray].")
 @runtime_options
 @report_options
 @json_option
 def evaluate_cmd(model: Path, data: Path, steps: str | None, samples: int | None,
-                 unroll: bool | None, batch_size: int, threads: int | None, device: str,
+                 unroll: bool | None, engine: str, batch_size: int, threads: int | None,
+                 device: str,
                  max_memory: int | None,
                  report_dir: Path | None, qcfs: Path | None, ann: Path | None,
                  energy_mac: float, energy_ac: float,
@@ -60,7 +64,7 @@ def evaluate_cmd(model: Path, data: Path, steps: str | None, samples: int | None
         return
     result = evaluate(model, data, steps=parse_steps(steps), batch_size=batch_size,
                       samples=samples, threads=threads, device=device, max_memory=max_memory,
-                      unroll=unroll, progress=not quiet())
+                      unroll=unroll, engine=engine, progress=not quiet())
     print_accuracy(result)
     click.echo(f"accuracy: {result.accuracy:.4f}")
     write_json(json_path, result.as_dict())
