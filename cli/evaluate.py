@@ -30,11 +30,14 @@ from onnx_rmpe.runtime.options import RuntimeOptions
 @click.option("--unroll/--no-unroll", default=None,
               help="Run a multi-step SNN network-unrolled (same outputs, faster) [default: "
                    "when T <= 64].")
+@click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
+              help="ray: run the batches on a Ray cluster (RAY_ADDRESS, else a local one); "
+                   "needs onnx-rmpe[ray].")
 @runtime_options
 @report_options
 @json_option
 def evaluate_cmd(model: Path, data: Path, steps: str | None, samples: int | None,
-                 unroll: bool | None, runtime: RuntimeOptions,
+                 unroll: bool | None, engine: str, runtime: RuntimeOptions,
                  report_dir: Path | None, qcfs: Path | None, ann: Path | None,
                  energy_mac: float, energy_ac: float,
                  json_path: Path | None) -> None:
@@ -60,7 +63,7 @@ def evaluate_cmd(model: Path, data: Path, steps: str | None, samples: int | None
         write_json(json_path, rep.as_dict())
         return
     result = evaluate(model, data, steps=parse_steps(steps), samples=samples, runtime=runtime,
-                      unroll=unroll, progress=not quiet())
+                      unroll=unroll, engine=engine, progress=not quiet())
     print_accuracy(result)
     click.echo(f"accuracy: {result.accuracy:.4f}")
     write_json(json_path, result.as_dict())

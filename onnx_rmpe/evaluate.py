@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import onnx
@@ -20,7 +21,15 @@ from onnx_rmpe.runtime.memory import plan_batch
 from onnx_rmpe.runtime.metrics import AccuracyCounter
 from onnx_rmpe.runtime.options import RuntimeOptions
 from onnx_rmpe.runtime.progress import progress_bar
-from onnx_rmpe.runtime.session import Device, active_provider, batches, make_session, run
+from onnx_rmpe.runtime.ray_engine import ENGINES, ray_classes, require_ray
+from onnx_rmpe.runtime.session import (
+    Device,
+    active_provider,
+    batches,
+    make_session,
+    resolve_providers,
+    run,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +56,7 @@ def evaluate(model: str | os.PathLike | onnx.ModelProto, data, *,
              threads: int | None = None, device: Device = "cpu",
              providers: Sequence[str] | None = None, max_memory: int | None = None,
              runtime: RuntimeOptions | None = None,
-             unroll: bool | None = None,
+             unroll: bool | None = None, engine: str = "local",
              progress: bool = False) -> EvaluationResult:
     """Accuracy of ``model`` on labelled ``data`` (path, ``(x, y)`` or Dataset).
 
@@ -56,6 +65,10 @@ def evaluate(model: str | os.PathLike | onnx.ModelProto, data, *,
     half the available memory) bounds the batch size. ``unroll`` runs a multi-step
     SNN in its network-unrolled form (:func:`onnx_rmpe.forms.snn_to_unrolled`: the same
     outputs bit for bit, faster in benchmarks/runtime.py); default: when T <= 64.
+    ``engine``: ``local`` runs the batches in this process; ``ray`` runs them as Ray Data
+    ``map_batches`` over one onnxruntime session per Ray actor, on the cluster this process
+    is connected to or that ``RAY_ADDRESS`` names, else a local one
+    (:mod:`onnx_rmpe.runtime.ray_engine`; needs ``onnx-rmpe[ray]``): the same accuracies.
     """
     batch_size, threads, device, max_memory = RuntimeOptions.resolve(
         runtime, batch_size=batch_size, threads=threads, device=device, providers=providers,
@@ -64,6 +77,9 @@ def evaluate(model: str | os.PathLike | onnx.ModelProto, data, *,
     validate.batch_size(batch_size)
     validate.samples("samples", samples)
     validate.threads(threads)
+    validate.choice("engine", engine, ENGINES)
+    if engine == "ray":
+        require_ray()
     proto, _ = read_model(model)
     ds = load_data(data, require_labels=True).head(samples)
     check_fits(ds, proto)
@@ -75,14 +91,23 @@ def evaluate(model: str | os.PathLike | onnx.ModelProto, data, *,
         from onnx_rmpe.forms import snn_to_unrolled
 
         proto = snn_to_unrolled(proto)
-    predict, provider = _predictor(proto, model_kind(proto), threads=threads, device=device)
     ds.x = ds.x.astype(_input_dtype(proto), copy=False)
     counter = AccuracyCounter()
-    with progress_bar(progress, "evaluate") as bar:
-        task = bar.add_task(kind, total=len(ds))
-        for sl in batches(len(ds), batch_size):
-            counter.update(predict(ds.x[sl]), ds.y[sl])
-            bar.advance(task, sl.stop - sl.start)
+    if engine == "ray":
+        factory = partial(_remote_predictor, proto.SerializeToString(), model_kind(proto),
+                          threads, device)
+        classes = ray_classes(factory, ds.x, batch_size=batch_size,
+                              cpus_per_actor=float(threads or 1))
+        counter.update_classes(classes.T, ds.y)
+        provider = f"ray/{resolve_providers(device)[0]}"
+    else:
+        predict, provider = _predictor(proto, model_kind(proto), threads=threads,
+                                       device=device)
+        with progress_bar(progress, "evaluate") as bar:
+            task = bar.add_task(kind, total=len(ds))
+            for sl in batches(len(ds), batch_size):
+                counter.update(predict(ds.x[sl]), ds.y[sl])
+                bar.advance(task, sl.stop - sl.start)
     acc = counter.accuracy()
     result = EvaluationResult(kind, len(ds), acc[-1], provider, time.perf_counter() - start)
     if kind.startswith("snn"):
@@ -140,6 +165,12 @@ def _predictor(proto: onnx.ModelProto, kind: str, *, threads: int | None, device
             raise ConversionError(f"SNN has no output '{wanted}' (per-step logits)")
     input_name = session.get_inputs()[0].name
     return (lambda x: run(session, [wanted], {input_name: x})[0]), active_provider(session)
+
+
+def _remote_predictor(payload: bytes, kind: str, threads: int | None, device):
+    """The predictor of a serialized model (built on each Ray actor)."""
+    return _predictor(onnx.ModelProto.FromString(payload), kind, threads=threads,
+                      device=device)[0]
 
 
 def _steps(steps: list[int] | None, T: int) -> list[int]:

@@ -33,14 +33,7 @@ class SegmentFeeder:
     def current(self, sl: slice) -> np.ndarray:
         if self.complete:
             return np.asarray(self.stored[:, sl])
-        feed = {}
-        if self.seg.needs_input:
-            feed[self.input_name] = self.ds.x[sl]
-        for name in self.seg.spike_inputs:
-            spikes = np.asarray(self.caches[name][:, sl])
-            feed[name] = (spikes.astype(np.float32) * self.thetas[name]).reshape(
-                (-1,) + spikes.shape[2:])
-        x = self.session.run([self.seg.layer.current], feed)[0]
+        x = self.session.run([self.seg.layer.current], self.inputs(sl))[0]
         x = x.reshape((self.T, -1) + x.shape[1:])
         if self.store is not None:
             if self.stored is None:
@@ -49,6 +42,17 @@ class SegmentFeeder:
             if self.stored is not None:
                 self.stored[:, sl] = x
         return x
+
+    def inputs(self, sl: slice) -> dict[str, np.ndarray]:
+        """The segment's feed for the samples ``sl``: raw input and cached spikes."""
+        feed = {}
+        if self.seg.needs_input:
+            feed[self.input_name] = self.ds.x[sl]
+        for name in self.seg.spike_inputs:
+            spikes = np.asarray(self.caches[name][:, sl])
+            feed[name] = (spikes.astype(np.float32) * self.thetas[name]).reshape(
+                (-1,) + spikes.shape[2:])
+        return feed
 
     def finish_pass(self) -> None:
         self.complete = self.stored is not None

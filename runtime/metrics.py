@@ -14,7 +14,11 @@ class AccuracyCounter:
 
     def update(self, logits: np.ndarray, labels: np.ndarray) -> None:
         """``logits`` is ``[N, K]`` or ``[T, N, K]`` (then one count per step)."""
-        hits = (logits.argmax(-1) == labels).sum(-1)
+        self.update_classes(logits.argmax(-1), labels)
+
+    def update_classes(self, classes: np.ndarray, labels: np.ndarray) -> None:
+        """``classes`` (predicted) is ``[N]`` or ``[T, N]`` (then one count per step)."""
+        hits = (classes == labels).sum(-1)
         hits = np.atleast_1d(hits).astype(np.int64)
         self.correct = hits if self.correct is None else self.correct + hits
         self.total += len(labels)

@@ -69,18 +69,44 @@ def segments(snn: onnx.ModelProto) -> list[Segment]:
     for layer in layers:
         nodes, cut, weights, needs_input = _walk_back(layer.current, writer, inits, spikes,
                                                       graph_input.name)
-        inputs = ([graph_input] if needs_input else []) + [
-            onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-            for name in cut]
-        outputs = [onnx.helper.make_tensor_value_info(layer.current, onnx.TensorProto.FLOAT,
-                                                      None)]
-        part = onnx.helper.make_graph([graph.node[i] for i in sorted(nodes)],
-                                      f"segment_{layer.name}", inputs, outputs,
-                                      [inits[name] for name in weights])
-        model = onnx.helper.make_model(part, opset_imports=list(snn.opset_import),
-                                       ir_version=snn.ir_version)
-        result.append(Segment(layer, ensure_functions(model), cut, needs_input))
+        model = _segment_model(snn, sorted(nodes), cut, weights, needs_input, layer.current,
+                               layer.name)
+        result.append(Segment(layer, model, cut, needs_input))
     return result
+
+
+def readout_segment(snn: onnx.ModelProto) -> Segment:
+    """The part of ``snn`` computing its first output from the spikes of its IF layers.
+
+    Run on the cached calibrated spikes, it gives the calibrated SNN's output without a
+    second pass of the whole network (the segment's ``layer`` names the output; its
+    ``theta`` is unused).
+    """
+    layers = snn_layers(to_graph(snn))
+    graph = snn.graph
+    output = graph.output[0].name
+    writer = {out: (i, node) for i, node in enumerate(graph.node) for out in node.output}
+    inits = {t.name: t for t in graph.initializer}
+    nodes, cut, weights, needs_input = _walk_back(output, writer, inits,
+                                                  {layer.spikes for layer in layers},
+                                                  graph.input[0].name)
+    model = _segment_model(snn, sorted(nodes), cut, weights, needs_input, output, "readout")
+    return Segment(Layer(output, output, output, np.ones((), np.float32)), model, cut,
+                   needs_input)
+
+
+def _segment_model(snn: onnx.ModelProto, nodes: list[int], cut: list[str], weights: list[str],
+                   needs_input: bool, output: str, name: str) -> onnx.ModelProto:
+    graph = snn.graph
+    inits = {t.name: t for t in graph.initializer}
+    inputs = ([graph.input[0]] if needs_input else []) + [
+        onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in cut]
+    outputs = [onnx.helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, None)]
+    part = onnx.helper.make_graph([graph.node[i] for i in nodes], f"segment_{name}", inputs,
+                                  outputs, [inits[n] for n in weights])
+    model = onnx.helper.make_model(part, opset_imports=list(snn.opset_import),
+                                   ir_version=snn.ir_version)
+    return ensure_functions(model)
 
 
 def _walk_back(start: str, writer, inits, spikes: set[str],

@@ -184,3 +184,30 @@ def test_current_cache_and_rerun_give_the_same_calibration(plain_and_calibrated,
     rerun = calibrate(plain.snn, plain.qcfs, x[:200], check=False)
     for a, b in zip(if_nodes(to_graph(cached.snn)), if_nodes(to_graph(rerun.snn))):
         np.testing.assert_array_equal(a.inputs[2].values, b.inputs[2].values)
+
+
+def test_check_reads_the_calibrated_outputs_from_the_spike_caches(plain_and_calibrated,
+                                                                  digits_data):
+    """The check's errors, whose 'after' side comes from the readout segment run on the
+    sweep's spike caches (no second pass of the SNN), match the errors of the full models
+    run end to end (relative tolerance 1e-5: the readout segment may pick other kernels)."""
+    (x, _), _ = digits_data
+    plain, calibrated = plain_and_calibrated
+    assert calibrated.accepted
+    target = run(plain.qcfs, x[:512])[0].astype(np.float64)
+    for key, model in (("before", plain.snn), ("after", calibrated.snn)):
+        out = run(model, x[:512])[0]
+        mse = float(((out - target) ** 2).sum(1).mean() / target[0].size)
+        assert calibrated.check[key] == pytest.approx(mse, rel=1e-5, abs=1e-9), key
+    assert calibrated.check["before"] != pytest.approx(calibrated.check["after"], rel=1e-2)
+
+
+def test_keeping_the_readout_caches_leaves_the_potentials_unchanged(plain_and_calibrated,
+                                                                    digits_data):
+    """With the check (the sweep also keeps the spikes the output reads) or without it:
+    bit-identical initial potentials."""
+    (x, _), _ = digits_data
+    plain, calibrated = plain_and_calibrated
+    unchecked = calibrate(plain.snn, plain.qcfs, x[:512], batch_size=100, check=False)
+    for a, b in zip(if_nodes(to_graph(calibrated.snn)), if_nodes(to_graph(unchecked.snn))):
+        np.testing.assert_array_equal(a.inputs[2].values, b.inputs[2].values)

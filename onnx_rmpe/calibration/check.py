@@ -10,6 +10,7 @@ import onnx
 
 from onnx_rmpe.calibration.results import CalibrationResult, LayerReport
 from onnx_rmpe.data import Dataset
+from onnx_rmpe.modelio import get_metadata, is_snn
 from onnx_rmpe.runtime.session import Device, batches, make_session
 
 logger = logging.getLogger(__name__)
@@ -18,10 +19,13 @@ logger = logging.getLogger(__name__)
 #: The check rejects a calibration only when it moves the SNN's outputs away from the
 #: ANN's by more than this many standard errors of the paired per-sample change.
 REJECT_Z = 3.0
+#: Largest T of an SNN the check runs in its network-unrolled form (as ``evaluate`` does).
+UNROLL_MAX_T = 64
 
 
 def _check(result: CalibrationResult, before: onnx.ModelProto, reference: onnx.ModelProto,
-           ds: Dataset, batch_size: int, threads: int | None, device: Device) -> onnx.ModelProto:
+           ds: Dataset, batch_size: int, threads: int | None, device: Device,
+           calibrated: np.ndarray | None = None) -> onnx.ModelProto:
     """Keep the calibrated SNN unless it is significantly farther from the ANN than before.
 
     The measure is continuous and paired: per sample ``i``, the change
@@ -33,11 +37,16 @@ def _check(result: CalibrationResult, before: onnx.ModelProto, reference: onnx.M
     that is clearly worse is not. Top-1 agreement with the labels (or with the reference's
     classes) is reported, not decided on: on a few hundred samples it moves in steps of
     ``1/n`` and is too coarse to decide by.
+
+    ``calibrated``: the calibrated SNN's outputs when the sweep already computed them from
+    its spike caches (else the calibrated SNN runs here); the SNN before calibration runs in
+    its network-unrolled form for T <= 64 (the same outputs as the multi-step form, faster).
     """
-    target = _outputs(reference, ds, batch_size, threads, device)
+    target = _outputs(_fast_form(reference), ds, batch_size, threads, device)
     classes = ds.y if ds.y is not None else target.argmax(-1)
-    outputs = {name: _outputs(model, ds, batch_size, threads, device)
-               for name, model in (("before", before), ("after", result.snn))}
+    outputs = {"before": _outputs(_fast_form(before), ds, batch_size, threads, device),
+               "after": calibrated if calibrated is not None else
+               _outputs(_fast_form(result.snn), ds, batch_size, threads, device)}
     sq = {name: ((out - target).astype(np.float64) ** 2).reshape(len(out), -1).sum(1)
           for name, out in outputs.items()}
     mse = {name: float(v.mean() / max(1, target[0].size)) for name, v in sq.items()}
@@ -58,6 +67,17 @@ def _check(result: CalibrationResult, before: onnx.ModelProto, reference: onnx.M
                    "(onnx-rmpe finetune) or calibrate with more samples.",
                    mse["before"], mse["after"], z)
     return before
+
+def _fast_form(snn: onnx.ModelProto) -> onnx.ModelProto:
+    """The network-unrolled form of a multi-step SNN with T <= 64 (as ``evaluate`` runs it);
+    any other model as it is."""
+    T = int(get_metadata(snn).get("onnx_rmpe.T", 0))
+    if not is_snn(snn) or not 1 <= T <= UNROLL_MAX_T:
+        return snn
+    from onnx_rmpe.forms import snn_to_unrolled
+
+    return snn_to_unrolled(snn)
+
 
 def _outputs(model: onnx.ModelProto, ds: Dataset, batch_size: int, threads: int | None,
              device: Device) -> np.ndarray:

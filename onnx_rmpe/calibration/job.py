@@ -37,7 +37,7 @@ from onnx_rmpe.runtime.memory import cache_limit, plan_batch
 from onnx_rmpe.runtime.neurons import DEFAULT_PHI, IF_OP, QCFS_OP
 from onnx_rmpe.runtime.options import RuntimeOptions
 from onnx_rmpe.runtime.progress import progress_bar
-from onnx_rmpe.runtime.segments import segments
+from onnx_rmpe.runtime.segments import readout_segment, segments
 from onnx_rmpe.runtime.session import Device
 from onnx_rmpe.runtime.spike_cache import SpikeStore
 
@@ -114,11 +114,15 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
     with tempfile.TemporaryDirectory(prefix=WORK_PREFIX) as cache_dir, \
             progress_bar(progress, "RMPE") as bar:
         store = SpikeStore(cache_dir)
+        readout = readout_segment(snn) if check else None
         for sweep in range(sweeps):
             settings = SweepSettings(T, phi, granularity, batch_size,
                                      cache_limit(max_memory, CURRENT_CACHE_BYTES),
                                      threads, device)
-            reports = _sweep(segs, ds, targets, v_inits, settings, store, bar, sweep)
+            # the last sweep also keeps the spikes the output reads: the check's calibrated
+            # outputs come from them, not from another pass of the whole SNN
+            reports, calibrated = _sweep(segs, ds, targets, v_inits, settings, store, bar,
+                                         sweep, readout if sweep == sweeps - 1 else None)
     _warn_silent(reports)
     graph = to_graph(snn)
     set_initial_potentials(graph, v_inits=v_inits)
@@ -127,7 +131,8 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
     result = CalibrationResult(out, reports, T, len(ds), provider=provider,
                                spike_cache_bytes=store.peak_bytes)
     if check:
-        out = _check(result, snn, reference or qcfs, ds, batch_size, threads, device)
+        out = _check(result, snn, reference or qcfs, ds, batch_size, threads, device,
+                     calibrated)
     if not result.accepted and meta.get("onnx_rmpe.rmpe") == "layerwise":
         # a rejected recalibration keeps the earlier calibration: say so, keep its record
         set_metadata(out, "onnx_rmpe.rmpe_recalibration",

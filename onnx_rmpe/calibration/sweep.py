@@ -40,13 +40,18 @@ class SweepSettings:
 
 
 def _sweep(segs: list[Segment], ds: Dataset, targets, v_inits, settings: SweepSettings,
-           store, bar, sweep) -> list[LayerReport]:
+           store, bar, sweep, readout: Segment | None = None
+           ) -> tuple[list[LayerReport], np.ndarray | None]:
+    """One front-to-back sweep; with ``readout`` also the SNN's (first) output, computed by
+    the readout segment on the calibrated spikes."""
     T, phi, granularity = settings.T, settings.phi, settings.granularity
     batch_size, current_bytes = settings.batch_size, settings.current_bytes
     threads, device = settings.threads, settings.device
     caches: dict[str, np.ndarray] = {}
     thetas = {s.layer.spikes: s.layer.theta for s in segs}
     last_use = {name: i for i, s in enumerate(segs) for name in s.spike_inputs}
+    if readout is not None:
+        last_use.update({name: len(segs) for name in readout.spike_inputs})
     reports = []
     for i, seg in enumerate(segs):
         layer, target, v_prev = seg.layer, targets[seg.layer.name], v_inits[seg.layer.name]
@@ -76,7 +81,15 @@ def _sweep(segs: list[Segment], ds: Dataset, targets, v_inits, settings: SweepSe
         for name in [n for n, last in last_use.items() if last == i and n in caches]:
             store.free(caches.pop(name))
         bar.remove_task(task)
-    return reports
+    outputs = None
+    if readout is not None:
+        session = make_session(readout.model, threads=threads, device=device)
+        feed = SegmentFeeder(readout, session, ds, caches, thetas, T)
+        outputs = np.concatenate([session.run([readout.layer.current], feed.inputs(sl))[0]
+                                  for sl in batches(len(ds), batch_size)])
+    for cache in caches.values():
+        store.free(cache)
+    return reports, outputs
 
 def _granular(values: np.ndarray, granularity: str) -> np.ndarray:
     """Per neuron as is; per channel the mean over all but the channel axis (kept, size 1)."""
