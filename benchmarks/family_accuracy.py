@@ -40,16 +40,17 @@ def report(record: dict, meta: dict) -> str:
     out = ["# Model-zoo families on Fashion-MNIST: post-training accuracy (issue 16)", "",
            f"- command: `{meta['command']}`", f"- date: {meta['date']}",
            f"- machine: {meta['machine']}; load average {meta.get('load')}",
-           f"- nets: `benchmarks/family_nets.py` (3 epochs, 60k training images); "
+           f"- nets: `benchmarks/family_nets.py` (60k training images, epochs per net "
+           f"below); "
            f"calibration: {CALIB} training images; L = 8; onnxruntime threads = 1.",
            "- accuracy (%) of the SNN's final output on all 10,000 test images; in brackets "
            "the ReLU ANN and the QCFS ANN (L = 8, percentile thresholds).", ""]
     out += _table(record, "full", STEPS)
-    out += ["", "Conversion seconds of the default (thresholds search + RMPE) per T, and RMPE "
-            "calibrations its own check rejected (kept without v_init):", ""]
+    out += ["", "Training epochs, conversion seconds of the default (thresholds search + RMPE) "
+            "per T, and RMPE calibrations its own check rejected (kept without v_init):", ""]
     for name, r in record.items():
         secs = ", ".join(f"{k.split()[-1]} {v:.0f}s" for k, v in r.get("seconds", {}).items())
-        line = f"- {name} ({r['description']}): {secs}"
+        line = f"- {name} ({r['description']}; {r['train']['epochs']} epoch(s)): {secs}"
         if r.get("rejected"):
             line += f"; rejected: {', '.join(r['rejected'])}"
         out.append(line)
