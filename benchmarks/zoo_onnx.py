@@ -11,6 +11,9 @@ random deep nets are chaotic, so top-1 agreement means nothing), from the runnin
 of one uncalibrated T=256 SNN, 4 inputs, at a reduced input size (``--dist-size``, 64) for
 the nets whose shapes allow it (not measured for the others).
 
+``--timeout S`` stops a conversion after S seconds and reports it as time-boxed;
+``--skip-distance`` measures the conversions only.
+
 ``speed``: one model at 224x224 (``--model``, resnet50), T=4, ``--samples`` (64) random
 calibration inputs, 1 thread: full conversion time (thresholds, SNN, RMPE calibration, the
 final check) against the time of one SNN pass over the same samples, measured in the same
@@ -79,12 +82,19 @@ def _convert_child(name: str, T: int, samples: int, queue) -> None:
     queue.put(out)
 
 
-def _isolated(fn, *args) -> dict:
+def _isolated(fn, *args, timeout: float | None = None) -> dict:
+    """Run ``fn(*args, queue)`` in a spawned child; stop it after ``timeout`` seconds."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=fn, args=args + (queue,))
+    start = time.perf_counter()
     proc.start()
-    proc.join()
+    proc.join(timeout)
+    if proc.is_alive():
+        proc.terminate()
+        proc.join()
+        return {"outcome": "time-boxed", "reason": f"not finished in {timeout:.0f} s",
+                "seconds": round(time.perf_counter() - start, 1), "peak_rss_gib": ""}
     return queue.get() if not queue.empty() else {"outcome": f"crashed ({proc.exitcode})"}
 
 
@@ -116,7 +126,8 @@ def zoo(args) -> list[str]:
         f"T={T} s | T={T} peak RSS GiB | T={T} spike cache MiB" for T in steps)
         + " | distance T=4 | T=32 | T=256 | distance input |", "|---" * (6 + 3 * len(steps)) + "|"]
     for name in args.models or LIGHT_MODELS:
-        runs = {T: _isolated(_convert_child, name, T, args.samples) for T in steps}
+        runs = {T: _isolated(_convert_child, name, T, args.samples, timeout=args.timeout)
+                for T in steps}
         print(name, json.dumps(runs), flush=True)
         first = runs[steps[0]]
         if first["outcome"] != "converted":
@@ -124,13 +135,15 @@ def zoo(args) -> list[str]:
                         f"{first['seconds']} | {first['peak_rss_gib']} |"
                         + " |" * (3 * len(steps) + 2))
             continue
-        if name in SIZE_FREE:
+        if name in SIZE_FREE and not args.skip_distance:
             dist = distances(name, args.dist_size, 4, (4, 32, 256))
             where = f"{args.dist_size}x{args.dist_size}, 4 inputs"
         else:
             dist = [float("nan")] * 3
-            where = "not measured (shapes fixed to 224x224)"
-        cells = [f"{runs[T][k]}" for T in steps for k in ("seconds", "peak_rss_gib", "cache_mib")]
+            where = ("not measured (--skip-distance)" if args.skip_distance
+                     else "not measured (shapes fixed to 224x224)")
+        cells = [f"{runs[T].get(k, runs[T].get('reason', ''))}" for T in steps
+                 for k in ("seconds", "peak_rss_gib", "cache_mib")]
         rmpe = "/".join(str(runs[T].get("rmpe")) for T in steps)
         rows.append(f"| {name} | converted ({first['layers']} spiking layers, RMPE {rmpe}) | "
                     + " | ".join(cells) + " | "
@@ -175,6 +188,10 @@ def main() -> None:
     z.add_argument("--samples", type=int, default=16)
     z.add_argument("--T", type=int, nargs="+", default=[4, 32])
     z.add_argument("--dist-size", type=int, default=64)
+    z.add_argument("--timeout", type=float, default=None,
+                   help="stop a conversion after this many seconds (reported as time-boxed)")
+    z.add_argument("--skip-distance", action="store_true",
+                   help="conversions only (the distance does not depend on the T converted)")
     s = sub.add_parser("speed")
     s.add_argument("--model", default="resnet50")
     s.add_argument("--samples", type=int, default=64)
