@@ -29,9 +29,11 @@ from onnx_rmpe.cli.report import print_calibration, print_snn_report
                    "QCFS model keeps its own L].")
 @click.option("--percentile", default=99.9, show_default=True, type=float,
               help="Percentile of positive pre-activations used as QCFS threshold.")
-@click.option("--thresholds", type=click.Choice(["search", "percentile"]), default="search",
-              show_default=True, help="QCFS thresholds of ReLU layers: chosen per layer for T "
-                                      "(search, from the percentile start) or the percentile.")
+@click.option("--thresholds", type=click.Choice(["refine", "search", "percentile"]),
+              default="refine", show_default=True,
+              help="QCFS thresholds of ReLU layers: chosen per layer for T (search, from the "
+                   "percentile start), then refined by the output error (refine), or the "
+                   "percentile.")
 @click.option("--calib-samples", default=512, show_default=True, type=int,
               help="Calibration samples used (thresholds and RMPE).")
 @click.option("--rmpe/--no-rmpe", default=True, show_default=True,
@@ -71,7 +73,7 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
                 finetune_data: Path | None, epochs: int,
                 lr: float | None, seed: int, save_qcfs: Path | None, report_dir: Path | None,
                 batch_size: int, threads: int | None, device: str, max_memory: int | None,
-                json_path: Path | None, thresholds: str = "search") -> None:
+                json_path: Path | None, thresholds: str = "refine") -> None:
     """Convert MODEL (an ONNX ReLU or QCFS network) into an IF-neuron SNN for T steps."""
     from onnx_rmpe.convert import convert, target_path_for
 

@@ -47,6 +47,8 @@ from onnx_rmpe.passes.relu_to_qcfs import (
 )
 from onnx_rmpe.passes.simplify_ops import simplify_ops
 from onnx_rmpe.passes.support import check_supported
+from onnx_rmpe.refine import MAX_T as REFINE_MAX_T
+from onnx_rmpe.refine import RefineReport, refine_after_rmpe, refine_before_rmpe
 from onnx_rmpe.runtime.memory import default_budget, plan_batch
 from onnx_rmpe.runtime.neurons import DEFAULT_PHI
 from onnx_rmpe.runtime.session import Device
@@ -60,8 +62,10 @@ MODES = ("multistep", "streaming", "chunked", "unrolled")
 #: QCFS levels of a ReLU model when none are given (a trained QCFS model keeps its own).
 DEFAULT_LEVELS = 8
 #: How ReLU layers get their thresholds: ``search`` (per layer, for the target T, from the
-#: percentile start; see :mod:`onnx_rmpe.thresholds`) or ``percentile`` (the start alone).
-THRESHOLDS = ("search", "percentile")
+#: percentile start; see :mod:`onnx_rmpe.thresholds`) or ``percentile`` (the start alone);
+#: ``refine`` (the default) is ``search`` followed by :mod:`onnx_rmpe.refine` (thresholds
+#: moved by the error at the network output, before and after RMPE).
+THRESHOLDS = ("refine", "search", "percentile")
 
 
 @dataclass
@@ -79,6 +83,8 @@ class ConversionResult:
     calibration: CalibrationResult | None = None
     seconds: float = 0.0
     threshold_search: list[ThresholdReport] = field(default_factory=list)
+    #: ``thresholds="refine"``: the output-error refinements (before and after RMPE).
+    threshold_refine: list[RefineReport] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     report: object | None = None  # ReportResult with report_dir (onnx_rmpe.report)
     #: ReLU-like nodes on a graph output, applied to the averaged outputs (not neurons).
@@ -247,7 +253,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
             percentile: float = 99.9,
             calib_samples: int | None = 512, batch_size: int = 128, rmpe: bool = True,
             rmpe_granularity: str = "neuron", rmpe_sweeps: int = 1,
-            thresholds: str = "search", mode: str = "multistep", chunk: int | None = None,
+            thresholds: str = "refine", mode: str = "multistep", chunk: int | None = None,
             finetune_data=None, epochs: int = 3,
             finetune_lr: float | None = None, seed: int = 0,
             save_qcfs: str | os.PathLike | None = None,
@@ -266,9 +272,11 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     :mod:`onnx_rmpe.forms`; without ``chunk``, the largest divisor of T whose activations
     at batch ``batch_size`` fit ``max_memory``) or ``unrolled`` (the network written
     T times over, one step after the other; same inputs and outputs as multistep).
-    ``thresholds``: ``search`` (default) chooses each ReLU layer's threshold for ``T`` from
+    ``thresholds``: ``search`` chooses each ReLU layer's threshold for ``T`` from
     the ``percentile`` start (:mod:`onnx_rmpe.thresholds`; ``result.threshold_search``
-    reports it); ``percentile`` keeps the start. Trained QCFS thresholds are kept.
+    reports it); ``refine`` (default) then, for ``T <= 8``, moves them by the SNN's error at
+    the output, before and after RMPE (:mod:`onnx_rmpe.refine`;
+    ``result.threshold_refine``); ``percentile`` keeps the start. Trained QCFS thresholds are kept.
     ``finetune_data`` (labelled, or unlabelled: then it distils) runs stage 1 first: QCFS
     fine-tuning for ``epochs`` epochs at ``finetune_lr`` (None: the recipe's default;
     :func:`onnx_rmpe.finetune.finetune`, needs torch); its first ``calib_samples`` inputs
@@ -320,14 +328,20 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     levels = int(get_metadata(qcfs)["onnx_rmpe.levels"])  # the L used (a trained model's own)
     snn = qcfs_to_snn(qcfs, T=T)
     search: list[ThresholdReport] = []
-    if thresholds == "search" and get_metadata(qcfs).get(
+    refined: list[RefineReport] = []
+    run = dict(batch_size=batch_size, threads=threads, device=device, max_memory=max_memory)
+    if thresholds != "percentile" and get_metadata(qcfs).get(
             "onnx_rmpe.thresholds_from") == "percentile":
         # post-training thresholds only: trained (fine-tuned) ones are the model's own
         chosen, search = search_thresholds(snn, qcfs, data, T=T, phi=DEFAULT_PHI,
                                            batch_size=batch_size, threads=threads,
                                            device=device, max_memory=max_memory)
+        if thresholds == "refine" and T <= REFINE_MAX_T:
+            chosen, report = refine_before_rmpe(qcfs, chosen, data,
+                                                to_snn=lambda q: qcfs_to_snn(q, T=T), **run)
+            refined.append(report)
         qcfs = set_thresholds(qcfs, chosen)
-        set_metadata(qcfs, "onnx_rmpe.thresholds_from", f"search for T={T}")
+        set_metadata(qcfs, "onnx_rmpe.thresholds_from", f"{thresholds} for T={T}")
         lams = {**lams, **chosen}
         snn = qcfs_to_snn(qcfs, T=T)
     calibration = None
@@ -339,6 +353,10 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
                                 threads=threads, device=device, max_memory=max_memory,
                                 progress=progress)
         snn = calibration.snn
+        if refined:
+            snn, qcfs, chosen, report = refine_after_rmpe(snn, qcfs, chosen, data, **run)
+            refined.append(report)
+            lams = {**lams, **chosen}
     if data is not None:
         set_metadata(snn, "onnx_rmpe.calib_samples", str(len(data)))
     set_metadata(snn, "onnx_rmpe.thresholds", json.dumps(lams))
@@ -357,7 +375,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
 
         snn = snn_to_unrolled(snn)
     result = ConversionResult(snn, qcfs, T, levels, lams, calibration=calibration,
-                              report=snn_report, threshold_search=search)
+                              report=snn_report, threshold_search=search,
+                              threshold_refine=refined)
     readout = get_metadata(qcfs).get("onnx_rmpe.readout_activations", "")
     result.readout_activations = readout.split(",") if readout else []
     anns = _anns_to_save(qcfs, calibration, levels, save_qcfs) if save_qcfs is not None else []
