@@ -31,9 +31,11 @@ from onnx_rmpe.runtime.options import RuntimeOptions
                    "QCFS model keeps its own L].")
 @click.option("--percentile", default=99.9, show_default=True, type=float,
               help="Percentile of positive pre-activations used as QCFS threshold.")
-@click.option("--thresholds", type=click.Choice(["search", "percentile"]), default="search",
-              show_default=True, help="QCFS thresholds of ReLU layers: chosen per layer for T "
-                                      "(search, from the percentile start) or the percentile.")
+@click.option("--thresholds", type=click.Choice(["refine", "search", "percentile"]),
+              default="refine", show_default=True,
+              help="QCFS thresholds of ReLU layers: chosen per layer for T (search, from the "
+                   "percentile start), then refined by the output error (refine), or the "
+                   "percentile.")
 @click.option("--calib-samples", default=512, show_default=True, type=int,
               help="Calibration samples used (thresholds and RMPE).")
 @click.option("--rmpe/--no-rmpe", default=True, show_default=True,
@@ -69,7 +71,7 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
                 finetune_data: Path | None, finetune_options: dict,
                 save_qcfs: Path | None, report_dir: Path | None,
                 runtime: RuntimeOptions, json_path: Path | None,
-                thresholds: str = "search") -> None:
+                thresholds: str = "refine") -> None:
     """Convert MODEL (an ONNX ReLU or QCFS network) into an IF-neuron SNN for T steps."""
     from onnx_rmpe.convert import convert, target_path_for
 

@@ -35,6 +35,8 @@ from onnx_rmpe.pipeline import (
     refuse_snn,
 )
 from onnx_rmpe.recipe import check_finetune_options
+from onnx_rmpe.refine import MAX_T as REFINE_MAX_T
+from onnx_rmpe.refine import RefineReport, refine_after_rmpe, refine_before_rmpe
 from onnx_rmpe.runtime.memory import default_budget
 from onnx_rmpe.runtime.neurons import DEFAULT_PHI
 from onnx_rmpe.runtime.options import RuntimeOptions
@@ -45,8 +47,10 @@ logger = logging.getLogger(__name__)
 
 MODES = ("multistep", "streaming", "chunked", "unrolled")
 #: How ReLU layers get their thresholds: ``search`` (per layer, for the target T, from the
-#: percentile start; see :mod:`onnx_rmpe.thresholds`) or ``percentile`` (the start alone).
-THRESHOLDS = ("search", "percentile")
+#: percentile start; see :mod:`onnx_rmpe.thresholds`) or ``percentile`` (the start alone);
+#: ``refine`` (the default) is ``search`` followed by :mod:`onnx_rmpe.refine` (thresholds
+#: moved by the error at the network output, before and after RMPE).
+THRESHOLDS = ("refine", "search", "percentile")
 
 
 @dataclass
@@ -64,6 +68,8 @@ class ConversionResult:
     calibration: CalibrationResult | None = None
     seconds: float = 0.0
     threshold_search: list[ThresholdReport] = field(default_factory=list)
+    #: ``thresholds="refine"``: the output-error refinements (before and after RMPE).
+    threshold_refine: list[RefineReport] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     report: object | None = None  # ReportResult with report_dir (onnx_rmpe.report)
     #: ReLU-like nodes on a graph output, applied to the averaged outputs (not neurons).
@@ -118,7 +124,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
             percentile: float = 99.9,
             calib_samples: int | None = 512, batch_size: int = 128, rmpe: bool = True,
             rmpe_granularity: str = "neuron", rmpe_sweeps: int = 1,
-            thresholds: str = "search", mode: str = "multistep", chunk: int | None = None,
+            thresholds: str = "refine", mode: str = "multistep", chunk: int | None = None,
             finetune_data=None, finetune_options: Mapping[str, Any] | None = None,
             epochs: int | None = None, finetune_lr: float | None = None,
             seed: int | None = None,
@@ -139,9 +145,11 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     :mod:`onnx_rmpe.forms`; without ``chunk``, the largest divisor of T whose activations
     at batch ``batch_size`` fit ``max_memory``) or ``unrolled`` (the network written
     T times over, one step after the other; same inputs and outputs as multistep).
-    ``thresholds``: ``search`` (default) chooses each ReLU layer's threshold for ``T`` from
+    ``thresholds``: ``search`` chooses each ReLU layer's threshold for ``T`` from
     the ``percentile`` start (:mod:`onnx_rmpe.thresholds`; ``result.threshold_search``
-    reports it); ``percentile`` keeps the start. Trained QCFS thresholds are kept.
+    reports it); ``refine`` (default) then, for ``T <= 8``, moves them by the SNN's error at
+    the output, before and after RMPE (:mod:`onnx_rmpe.refine`;
+    ``result.threshold_refine``); ``percentile`` keeps the start. Trained QCFS thresholds are kept.
     ``finetune_data`` (labelled, or unlabelled: then it distils) runs stage 1 first: QCFS
     fine-tuning by :func:`onnx_rmpe.finetune.finetune` (needs torch) with its keywords in
     ``finetune_options`` (``epochs``, ``lr``, ``batch_size`` (of the training), ``val``,
@@ -207,14 +215,20 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     levels = int(get_metadata(qcfs)["onnx_rmpe.levels"])  # the L used (a trained model's own)
     snn = qcfs_to_snn(qcfs, T=T)
     search: list[ThresholdReport] = []
-    if thresholds == "search" and get_metadata(qcfs).get(
+    refined: list[RefineReport] = []
+    run = dict(batch_size=batch_size, threads=threads, device=device, max_memory=max_memory)
+    if thresholds != "percentile" and get_metadata(qcfs).get(
             "onnx_rmpe.thresholds_from") == "percentile":
         # post-training thresholds only: trained (fine-tuned) ones are the model's own
         chosen, search = search_thresholds(snn, qcfs, data, T=T, phi=DEFAULT_PHI,
                                            batch_size=batch_size, threads=threads,
                                            device=device, max_memory=max_memory)
+        if thresholds == "refine" and T <= REFINE_MAX_T:
+            chosen, report = refine_before_rmpe(qcfs, chosen, data,
+                                                to_snn=lambda q: qcfs_to_snn(q, T=T), **run)
+            refined.append(report)
         qcfs = set_thresholds(qcfs, chosen)
-        set_metadata(qcfs, "onnx_rmpe.thresholds_from", f"search for T={T}")
+        set_metadata(qcfs, "onnx_rmpe.thresholds_from", f"{thresholds} for T={T}")
         lams = {**lams, **chosen}
         snn = qcfs_to_snn(qcfs, T=T)
     calibration = None
@@ -226,6 +240,10 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
                                 threads=threads, device=device, max_memory=max_memory,
                                 progress=progress)
         snn = calibration.snn
+        if refined:
+            snn, qcfs, chosen, report = refine_after_rmpe(snn, qcfs, chosen, data, **run)
+            refined.append(report)
+            lams = {**lams, **chosen}
     if data is not None:
         set_metadata(snn, "onnx_rmpe.calib_samples", str(len(data)))
     set_metadata(snn, "onnx_rmpe.thresholds", json.dumps(lams))
@@ -244,7 +262,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
 
         snn = snn_to_unrolled(snn)
     result = ConversionResult(snn, qcfs, T, levels, lams, calibration=calibration,
-                              report=snn_report, threshold_search=search, finetune=tuned)
+                              report=snn_report, threshold_search=search, finetune=tuned,
+                              threshold_refine=refined)
     readout = get_metadata(qcfs).get("onnx_rmpe.readout_activations", "")
     result.readout_activations = readout.split(",") if readout else []
     anns = _anns_to_save(qcfs, calibration, levels, save_qcfs) if save_qcfs is not None else []
