@@ -7,9 +7,12 @@ The demo (README's first command, ``onnx-rmpe demo``) runs once; then
   would; it must exit 0 and every output line README shows must appear in the real output,
   with numbers masked (timings and accuracies vary by machine), box drawing and spacing
   ignored, and ``...`` lines standing for omitted output;
-* every command synopsis (a line starting ``onnx-rmpe``) runs twice, each in a fresh copy:
-  without its optional ``[...]`` parts, and with all of them (the first alternative of
-  ``a|b``); placeholders (``MODEL.onnx``, ``CALIB.npz``, ...) become the demo's files;
+* every command synopsis (a line starting ``onnx-rmpe``) runs in a fresh copy of the demo
+  folder with all its optional ``[...]`` parts (the first alternative of ``a|b``), so every
+  option README names exists and takes the value shown; placeholders (``MODEL.onnx``,
+  ``CALIB.npz``, ...) become the demo's files. (The bare forms are the full ones minus
+  options; the main ones are also shown runs above. Running both doubled the suite's
+  time.)
 * every Python block runs in a folder holding the files its text names.
 
 So README cannot go stale: change an output or an option, and this test says where.
@@ -96,6 +99,13 @@ def variants(synopsis: str) -> list[list[str]]:
     return [_args(bare), _args(full)]
 
 
+def test_variants_drop_or_keep_the_optional_parts():
+    assert variants("onnx-rmpe evaluate MODEL.onnx --data TEST.npz [--T 1,2] [--device cpu|cuda]") \
+        == [["evaluate", "digits_cnn.onnx", "--data", "test.npz"],
+            ["evaluate", "digits_cnn.onnx", "--data", "test.npz", "--T", "1,2", "--device",
+             "cpu"]]
+
+
 def _args(command: str) -> list[str]:
     words = shlex.split(_PLACEHOLDER.sub(lambda m: PLACEHOLDERS[m.group(1)], command))
     assert words[0] == "onnx-rmpe", command
@@ -179,7 +189,7 @@ def test_shown_runs_match_readme(demo, readme, tmp_path):
 
 
 def test_synopses_run(demo, readme, tmp_path):
-    """Every synopsis runs without its optional parts and with all of them.
+    """Every synopsis runs with all its optional parts.
 
     The demo's synopsis is not run again (its bare form is README's first command, run by
     the fixture): its optional values must then be exactly the defaults.
@@ -189,7 +199,7 @@ def test_synopses_run(demo, readme, tmp_path):
     folder, _ = demo
     problems, seen = [], set()
     for i, synopsis in enumerate(synopses(readme)):
-        for j, args in enumerate(variants(synopsis)):
+        for j, args in enumerate(variants(synopsis)[1:]):
             if tuple(args) in seen:
                 continue
             seen.add(tuple(args))
