@@ -1,7 +1,7 @@
 """The streaming SNN: one time step per call, membrane potentials as state.
 
 :func:`onnx_rmpe.forms.snn_to_streaming` turns a multi-step SNN (``convert(...).snn``) into
-the one-step model of :mod:`onnx_rmpe.passes.streaming`; :class:`StreamingRunner` steps it in
+the one-step model (the streaming pass of passes/); :class:`StreamingRunner` steps it in
 onnxruntime, feeding each call's ``<state>_next`` outputs back as the next ``<state>``
 inputs. Initial state (the defaults stored in the model): ``<layer>.v = phi * theta +
 v_init`` (the calibrated per-neuron ``v_init`` included), every running sum (cumulative
