@@ -52,7 +52,8 @@ _PLACEHOLDER = re.compile(r"(?<![\w.])(" + "|".join(re.escape(k) for k in PLACEH
 #: a number (int, float, exponent) with an optional unit suffix
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?:[kMGT%s])?(?![\w])")
 _BOX = re.compile(r"[\u2500-\u257f]")
-_VERDICT = re.compile(r"REJECTED \(previous potentials kept\)|\bkept\b|\brejected\b")
+_VERDICT = re.compile(r"REJECTED \(previous potentials kept\)|\bkept\b|\brejected\b|"
+                      r"\blayerwise\b")
 
 
 # ----------------------------------------------------------------------------- README parsing
