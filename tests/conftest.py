@@ -19,6 +19,19 @@ def digits_data():
     return digits()
 
 
+@pytest.fixture(scope="session")
+def resnet(digits_data):
+    """A ResNet-like digits net (identity and 1x1-conv shortcuts), trained 8 epochs, as ONNX;
+    trained once per session for the RMPE, threshold and refinement tests."""
+    import torch
+
+    from tests.helpers import export_torch, train
+    from tests.nets import ResNetLike
+    (x, y), _ = digits_data
+    torch.manual_seed(0)
+    return export_torch(train(ResNetLike(), x, y, epochs=8), x)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

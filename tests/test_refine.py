@@ -13,17 +13,10 @@ from onnx_rmpe.evaluate import evaluate
 from onnx_rmpe.modelio import get_metadata
 from onnx_rmpe.refine import FINE, STEP, with_thresholds
 from onnx_rmpe.thresholds import relu_reference
-from tests.helpers import export_torch, run, train
+from tests.helpers import run
 
 T = 1
 CALIB = 256
-
-
-@pytest.fixture(scope="module")
-def resnet(digits_data):
-    from tests.nets import ResNetLike
-    (x, y), _ = digits_data
-    return export_torch(train(ResNetLike(), x, y, epochs=8), x)
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,7 @@ from onnx_rmpe.passes.rmpe import if_nodes, set_initial_potentials
 from onnx_rmpe.runtime.neurons import if_reference
 from onnx_rmpe.runtime.segments import segments
 from onnx_rmpe.runtime.statistics import expose_outputs
-from tests.helpers import accuracy, export_torch, run, train
-
-
-@pytest.fixture(scope="module")
-def resnet(digits_data):
-    from tests.nets import ResNetLike
-    (x, y), _ = digits_data
-    return export_torch(train(ResNetLike(), x, y, epochs=8), x)
+from tests.helpers import accuracy, run
 
 
 @pytest.fixture(scope="module")

@@ -15,16 +15,9 @@ from onnx_rmpe.modelio import get_metadata, to_graph
 from onnx_rmpe.passes.rmpe import if_nodes
 from onnx_rmpe.runtime.statistics import expose_outputs
 from onnx_rmpe.thresholds import REFINE, SCALES, relu_reference, set_thresholds
-from tests.helpers import export_torch, run, train
+from tests.helpers import run
 
 T = 2
-
-
-@pytest.fixture(scope="module")
-def resnet(digits_data):
-    from tests.nets import ResNetLike
-    (x, y), _ = digits_data
-    return export_torch(train(ResNetLike(), x, y, epochs=8), x)
 
 
 @pytest.fixture(scope="module")
