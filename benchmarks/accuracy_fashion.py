@@ -43,7 +43,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnx_rmpe.convert import build_qcfs, convert
+from onnx_rmpe.conversion import build_qcfs, convert
 from onnx_rmpe.data import Dataset
 from onnx_rmpe.modelio import get_metadata
 from onnx_rmpe.runtime.session import batches, make_session

@@ -40,9 +40,9 @@ import numpy as np
 job, model, calib, T, budget = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), \
     int(sys.argv[5])
 import importlib
-cal = importlib.import_module("onnx_rmpe.calibrate")
-conv = importlib.import_module("onnx_rmpe.convert")
-from onnx_rmpe.evaluate import evaluate
+cal = importlib.import_module("onnx_rmpe.calibration")
+conv = importlib.import_module("onnx_rmpe.conversion")
+from onnx_rmpe.evaluation import evaluate
 phases, cpu = {}, {}
 def timed(module, name, key):
     fn = getattr(module, name)

@@ -4,7 +4,7 @@ Reads the ground-truth ReLU ANN cached by ``benchmarks/fashion_nets.py``
 (``~/.cache/onnx-rmpe-bench/vgg_bn_avg.onnx``: VGG-like, BN, AvgPool, input
 ``[N, 1, 28, 28]`` = pixels / 255), fine-tunes its QCFS version (L=4) with
 :func:`onnx_rmpe.finetune.finetune` under each recipe below, converts each result with
-the default :func:`onnx_rmpe.convert.convert` (RMPE calibrated for each T on the first
+the default :func:`onnx_rmpe.conversion.convert` (RMPE calibrated for each T on the first
 512 training images of the budget) and reports the test accuracy on the full 10k test
 set of the ReLU ANN, the post-training QCFS ANN, the fine-tuned QCFS ANN and the SNN
 (first output, onnxruntime) at T = 1, 2, 4, 8, 16.
@@ -43,7 +43,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from onnx_rmpe.convert import build_qcfs, convert
+from onnx_rmpe.conversion import build_qcfs, convert
 from onnx_rmpe.data import Dataset
 from onnx_rmpe.finetune import finetune
 from onnx_rmpe.finetune_snn import finetune_snn

@@ -69,7 +69,7 @@ def keras_cnn(x, y, epochs: int):
 
 
 def evaluate(model, x, y, xt, yt, T: int = max(STEPS)) -> dict[str, float]:
-    from onnx_rmpe.convert import convert
+    from onnx_rmpe.conversion import convert
     from tests.helpers import accuracy
     from tests.test_zoo import run_all
     res = convert(model, T=T, calib=x[:512], levels=8, threads=1, rmpe=False)

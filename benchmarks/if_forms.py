@@ -66,7 +66,7 @@ def main() -> None:
 
     import onnxruntime as ort
 
-    from onnx_rmpe.convert import convert, qcfs_to_snn
+    from onnx_rmpe.conversion import convert, qcfs_to_snn
     spec = importlib.util.spec_from_file_location("runtime_bench", HERE / "runtime.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

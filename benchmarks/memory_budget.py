@@ -54,7 +54,7 @@ def vgg_like(rng: np.random.Generator) -> onnx.ModelProto:
 
 CHILD = """
 import resource, sys, time
-from onnx_rmpe.convert import convert
+from onnx_rmpe.conversion import convert
 args = sys.argv[1:]
 budget = None if args[3] == "none" else int(args[3])
 t = time.perf_counter()

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from onnx_rmpe.calibrate import CLIP_LEVELS, calibrate, qcfs_with_levels
-from onnx_rmpe.convert import build_qcfs, qcfs_to_snn
+from onnx_rmpe.calibration import CLIP_LEVELS, calibrate, qcfs_with_levels
+from onnx_rmpe.conversion import build_qcfs, qcfs_to_snn
 from onnx_rmpe.data import Dataset
 from onnx_rmpe.refine import refine_thresholds, with_thresholds
 from onnx_rmpe.thresholds import relu_reference, search_thresholds, set_thresholds

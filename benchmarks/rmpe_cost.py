@@ -23,8 +23,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import rmpe_fashion as rf  # noqa: E402
 
-from onnx_rmpe.calibrate import calibrate  # noqa: E402
-from onnx_rmpe.convert import convert  # noqa: E402
+from onnx_rmpe.calibration import calibrate  # noqa: E402
+from onnx_rmpe.conversion import convert  # noqa: E402
 
 
 def main() -> None:

@@ -38,10 +38,10 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from onnx_rmpe.calibrate import calibrate
-from onnx_rmpe.convert import build_qcfs, convert, qcfs_to_snn
+from onnx_rmpe.calibration import calibrate
+from onnx_rmpe.conversion import build_qcfs, convert, qcfs_to_snn
 from onnx_rmpe.data import Dataset
-from onnx_rmpe.evaluate import evaluate
+from onnx_rmpe.evaluation import evaluate
 from onnx_rmpe.finetune import finetune
 from onnx_rmpe.runtime.session import batches, make_session
 

@@ -151,7 +151,7 @@ def prepare(workdir: Path, kind: str, Ts: list[int]) -> dict:
     """Export the ANN, convert, write every SNN form; returns the thresholds."""
     import onnx
 
-    from onnx_rmpe.convert import convert, qcfs_to_snn
+    from onnx_rmpe.conversion import convert, qcfs_to_snn
     from onnx_rmpe.forms import snn_to_chunked, snn_to_streaming, snn_to_unrolled
     sys.path.insert(0, str(HERE.parent))
     from tests.helpers import export_torch

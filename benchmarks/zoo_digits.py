@@ -52,7 +52,7 @@ def main() -> None:
     get = zoo_mod.make_zoo(digits(), _Factory())
     (_, _), (_, yt) = digits()
     start = time.time()
-    from onnx_rmpe.convert import convert
+    from onnx_rmpe.conversion import convert
     from tests.test_zoo import run_all
     lines = ["| architecture | exported with | QCFS ANN | " +
              " | ".join(f"SNN T={t}" for t in STEPS) + " | " +

@@ -61,7 +61,7 @@ def _peak_rss_gib() -> float:
 
 
 def _convert_child(name: str, T: int, samples: int, queue) -> None:
-    from onnx_rmpe.convert import convert
+    from onnx_rmpe.conversion import convert
     from onnx_rmpe.errors import ConversionError
     from onnx_rmpe.lightzoo import light_model
 
@@ -100,8 +100,8 @@ def _isolated(fn, *args, timeout: float | None = None) -> dict:
 
 def distances(name: str, size: int, n: int, steps: tuple[int, ...]) -> list[float]:
     """Distance of the uncalibrated SNN's running output after each step to the clip ANN."""
-    from onnx_rmpe.calibrate import CLIP_LEVELS, qcfs_with_levels
-    from onnx_rmpe.convert import convert
+    from onnx_rmpe.calibration import CLIP_LEVELS, qcfs_with_levels
+    from onnx_rmpe.conversion import convert
     from onnx_rmpe.lightzoo import light_model
     from onnx_rmpe.runtime.session import make_session
 
@@ -154,7 +154,7 @@ def zoo(args) -> list[str]:
 
 
 def speed(args) -> list[str]:
-    from onnx_rmpe.convert import convert
+    from onnx_rmpe.conversion import convert
     from onnx_rmpe.lightzoo import light_model
     from onnx_rmpe.runtime.session import batches, make_session
 

@@ -38,7 +38,7 @@ def calibrate_cmd(model: Path, qcfs: Path, calib: Path, output: Path | None, cal
                   rmpe_granularity: str, rmpe_sweeps: int, runtime: RuntimeOptions,
                   json_path: Path | None) -> None:
     """RMPE-calibrate the SNN MODEL against its QCFS ANN on CALIB data."""
-    from onnx_rmpe.calibrate import calibrate
+    from onnx_rmpe.calibration import calibrate
 
     output = output or model.with_name(model.name.removesuffix(".onnx") + ".calibrated.onnx")
     guard_outputs({"output": output, "json_path": json_path},

@@ -73,7 +73,7 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
                 runtime: RuntimeOptions, json_path: Path | None,
                 thresholds: str = "refine") -> None:
     """Convert MODEL (an ONNX ReLU or QCFS network) into an IF-neuron SNN for T steps."""
-    from onnx_rmpe.convert import convert, target_path_for
+    from onnx_rmpe.conversion import convert, target_path_for
 
     output = output or model.with_name(model.name.removesuffix(".onnx") + ".snn.onnx")
     guard_outputs({"output": output, "save_qcfs": save_qcfs, "json_path": json_path,

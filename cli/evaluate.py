@@ -46,8 +46,8 @@ def evaluate_cmd(model: Path, data: Path, steps: str | None, samples: int | None
     With --report DIR (SNN only): in the same pass, firing rates, synaptic operations
     against the ANN's MACs, energy per step, and PNG plots, written to DIR.
     """
-    from onnx_rmpe.evaluate import evaluate
-    from onnx_rmpe.report import report
+    from onnx_rmpe.evaluation import evaluate
+    from onnx_rmpe.reporting import report
 
     guard_outputs({"json_path": json_path},
                   {"model": model, "data": data, "qcfs": qcfs, "ann": ann})

@@ -8,13 +8,13 @@ Public pipeline functions (one per job)::
 
 from __future__ import annotations
 
-from onnx_rmpe.calibrate import CalibrationResult, calibrate  # noqa: E402
-from onnx_rmpe.convert import ConversionResult, convert  # noqa: E402
+from onnx_rmpe.calibration import CalibrationResult, calibrate  # noqa: E402
+from onnx_rmpe.conversion import ConversionResult, convert  # noqa: E402
 from onnx_rmpe.errors import ConversionError, UnsupportedOpError  # noqa: E402
-from onnx_rmpe.evaluate import EvaluationResult, evaluate  # noqa: E402
+from onnx_rmpe.evaluation import EvaluationResult, evaluate  # noqa: E402
 from onnx_rmpe.inspect import ModelInfo, inspect_model  # noqa: E402
 from onnx_rmpe.nir import NirExportResult, export_nir  # noqa: E402
-from onnx_rmpe.report import ReportResult, report  # noqa: E402
+from onnx_rmpe.reporting import ReportResult, report  # noqa: E402
 from onnx_rmpe.version import __version__  # noqa: E402
 
 __all__ = [

@@ -16,11 +16,11 @@ import numpy as np
 import onnx
 
 from onnx_rmpe import validate
-from onnx_rmpe.convert import build_qcfs, convert, qcfs_to_snn
+from onnx_rmpe.conversion import build_qcfs, convert, qcfs_to_snn
 from onnx_rmpe.data import Dataset
 from onnx_rmpe.errors import MissingDependencyError, OptionError
-from onnx_rmpe.evaluate import evaluate
-from onnx_rmpe.report import ReportResult, report
+from onnx_rmpe.evaluation import evaluate
+from onnx_rmpe.reporting import ReportResult, report
 from onnx_rmpe.runtime.progress import progress_bar
 
 logger = logging.getLogger(__name__)

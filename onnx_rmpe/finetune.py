@@ -1,6 +1,6 @@
 """QCFS fine-tuning (quantization-aware training) of an ONNX ReLU network.
 
-Steps: :func:`onnx_rmpe.convert.build_qcfs` turns the ReLU ANN into the post-training
+Steps: :func:`onnx_rmpe.conversion.build_qcfs` turns the ReLU ANN into the post-training
 QCFS ANN (thresholds ``lam`` = a high percentile of each layer's positive
 pre-activations on the training data), :class:`onnx_rmpe.torch.OnnxModule` makes it
 trainable, and :func:`onnx_rmpe.torch.training.fit` trains weights and every ``lam``
@@ -9,7 +9,7 @@ SGD with momentum 0.9, lr 0.01 decayed by a cosine to 0, batch 128. The loss is 
 cross-entropy on the labels, the distillation loss against the input network's logits
 (the teacher, run in onnxruntime), or a mix; data without labels is fine-tuned by pure
 distillation. The trained values are written back into the same ONNX graph: a QCFS model
-that :func:`onnx_rmpe.convert.convert` turns into an SNN without recalibrating ``lam``.
+that :func:`onnx_rmpe.conversion.convert` turns into an SNN without recalibrating ``lam``.
 
 Deterministic for a given ``seed`` on CPU (seeded torch, seeded shuffling, deterministic
 algorithms while training).

@@ -1,6 +1,6 @@
 """SNN-level fine-tuning: train a converted SNN itself for its T with surrogate gradients.
 
-The SNN written by :func:`onnx_rmpe.convert.convert` (``onnx_rmpe::IFNeuron`` nodes, time
+The SNN written by :func:`onnx_rmpe.conversion.convert` (``onnx_rmpe::IFNeuron`` nodes, time
 merged into the batch) runs in torch through :class:`onnx_rmpe.torch.OnnxModule`, whose
 IF handler reproduces the ONNX dynamics step by step (:mod:`onnx_rmpe.torch.surrogate`)
 and differentiates the spike with a triangle surrogate. Trained: every neuron's

@@ -10,7 +10,7 @@ with a trainable scalar threshold ``lam``, ``L`` levels and shift ``phi`` (0.5).
 training, ``floor`` has a straight-through gradient (``u + stop_gradient(floor(u) - u)``);
 at inference the layer is the plain formula, which tf2onnx writes as primitive ops
 (Mul, Add, Floor, Clip or Max/Min, Mul) that ``passes.recognize_qcfs`` turns back into one
-``onnx_rmpe::QCFS`` node, so :func:`onnx_rmpe.convert.convert` reuses the trained
+``onnx_rmpe::QCFS`` node, so :func:`onnx_rmpe.conversion.convert` reuses the trained
 ``lam`` and ``L``.
 """
 

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 from onnx_rmpe.cli.main import cli
-from onnx_rmpe.convert import convert
+from onnx_rmpe.conversion import convert
 from onnx_rmpe.errors import ConversionError, OptionError, OutputPathError
 from onnx_rmpe.outputs import (
     TMP_PREFIX,
@@ -362,7 +362,7 @@ def test_opset_newer_than_onnx_knows(tmp_path, rng):
 
 
 def test_memory_budget_shrinks_the_batch_without_changing_results(work):
-    from onnx_rmpe.evaluate import evaluate
+    from onnx_rmpe.evaluation import evaluate
 
     small = evaluate(work / "net.snn.onnx", work / "calib.npz", batch_size=64,
                      max_memory=200_000)

@@ -13,7 +13,7 @@ import tomllib
 from click.testing import CliRunner
 
 from onnx_rmpe.cli.main import cli
-from onnx_rmpe.convert import build_qcfs
+from onnx_rmpe.conversion import build_qcfs
 from onnx_rmpe.data import Dataset
 from tests.graphs import conv_bn_relu
 

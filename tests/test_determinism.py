@@ -11,7 +11,7 @@ import hashlib
 
 import pytest
 
-from onnx_rmpe.convert import convert
+from onnx_rmpe.conversion import convert
 from tests.helpers import export_torch
 
 

@@ -15,8 +15,8 @@ import numpy as np
 import onnx
 import pytest
 
-from onnx_rmpe.calibrate import CLIP_LEVELS, qcfs_with_levels
-from onnx_rmpe.convert import convert
+from onnx_rmpe.calibration import CLIP_LEVELS, qcfs_with_levels
+from onnx_rmpe.conversion import convert
 from tests.helpers import export_torch, run
 
 torch = pytest.importorskip("torch")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from onnx_rmpe.convert import build_qcfs, convert
+from onnx_rmpe.conversion import build_qcfs, convert
 from onnx_rmpe.errors import MissingDependencyError
 from onnx_rmpe.finetune import finetune, maxpool_as_avgpool
 from onnx_rmpe.runtime.neurons import qcfs_reference

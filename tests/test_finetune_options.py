@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from onnx_rmpe.cli.convert import convert_cmd
 from onnx_rmpe.cli.finetune import finetune_cmd
 from onnx_rmpe.cli.main import cli
-from onnx_rmpe.convert import convert
+from onnx_rmpe.conversion import convert
 from onnx_rmpe.errors import OptionError
 from onnx_rmpe.modelio import get_metadata
 from onnx_rmpe.recipe import DEFAULT_LEVELS, FINETUNE_OPTIONS

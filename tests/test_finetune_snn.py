@@ -7,7 +7,7 @@ import onnx
 import pytest
 import torch
 
-from onnx_rmpe.convert import convert
+from onnx_rmpe.conversion import convert
 from onnx_rmpe.errors import OptionError
 from onnx_rmpe.finetune_snn import MONITOR, finetune_snn
 from onnx_rmpe.runtime.neurons import if_reference

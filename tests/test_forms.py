@@ -22,7 +22,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_rmpe.convert import convert, qcfs_to_snn
+from onnx_rmpe.conversion import convert, qcfs_to_snn
 from onnx_rmpe.errors import OptionError
 from onnx_rmpe.forms import (
     chunk_for_budget,
@@ -233,7 +233,7 @@ def test_io_binding_runner_equals_plain_runner(nets, digits_data, form):
 
 
 def test_evaluate_unrolled_equals_as_is(nets, digits_data):
-    from onnx_rmpe.evaluate import evaluate
+    from onnx_rmpe.evaluation import evaluate
     _, snns = nets
     _, (x_test, y_test) = digits_data
     snn = snns[5]

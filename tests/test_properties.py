@@ -30,8 +30,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
-from onnx_rmpe.calibrate import CLIP_LEVELS, qcfs_with_levels
-from onnx_rmpe.convert import convert
+from onnx_rmpe.calibration import CLIP_LEVELS, qcfs_with_levels
+from onnx_rmpe.conversion import convert
 from onnx_rmpe.runtime.neurons import DEFAULT_PHI, DOMAIN, IF_OP, QCFS_OP
 from onnx_rmpe.runtime.statistics import expose_outputs
 from onnx_rmpe.runtime.streaming import StreamingRunner

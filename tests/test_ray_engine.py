@@ -6,9 +6,9 @@ import builtins
 
 import pytest
 
-from onnx_rmpe.convert import convert
+from onnx_rmpe.conversion import convert
 from onnx_rmpe.errors import OptionError
-from onnx_rmpe.evaluate import evaluate
+from onnx_rmpe.evaluation import evaluate
 from tests.helpers import export_torch, train
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from onnx import numpy_helper
 
-from onnx_rmpe.convert import convert
-from onnx_rmpe.evaluate import evaluate
+from onnx_rmpe.conversion import convert
+from onnx_rmpe.evaluation import evaluate
 from onnx_rmpe.modelio import get_metadata
 from onnx_rmpe.refine import FINE, STEP, with_thresholds
 from onnx_rmpe.thresholds import relu_reference

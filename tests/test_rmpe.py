@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 from onnx_rmpe.calibration import calibrate
-from onnx_rmpe.convert import convert
+from onnx_rmpe.conversion import convert
 from onnx_rmpe.errors import OptionError
 from onnx_rmpe.modelio import get_metadata, to_graph, to_model
 from onnx_rmpe.passes.rmpe import if_nodes, set_initial_potentials

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from onnx_rmpe.convert import convert
+from onnx_rmpe.conversion import convert
 from onnx_rmpe.forms import snn_to_streaming
 from onnx_rmpe.modelio import save_model
 from onnx_rmpe.runtime.session import active_provider, make_session
@@ -64,7 +64,7 @@ def test_written_models_are_ir10_opset_17_to_21(digits_data, tmp_path):
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(),
                     reason="CUDA is available here: nothing falls back")
 def test_providers_argument_reports_the_provider_that_ran(caplog, rng):
-    from onnx_rmpe.evaluate import evaluate
+    from onnx_rmpe.evaluation import evaluate
     from tests.graphs import conv_bn_relu
     model = conv_bn_relu(rng)
     x = rng.normal(size=(32, 2, 6, 6)).astype(np.float32)

@@ -35,7 +35,7 @@ def test_resolve_runtime_wins_and_keeps_job_batch_default():
 
 def test_cli_builds_one_runtime_value(tmp_path, monkeypatch):
     seen = {}
-    module = importlib.import_module("onnx_rmpe.evaluate")
+    module = importlib.import_module("onnx_rmpe.evaluation")
 
     def spy(model, data, **kwargs):
         seen.update(kwargs)

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from onnx_rmpe.convert import build_qcfs, convert, qcfs_to_snn
+from onnx_rmpe.conversion import build_qcfs, convert, qcfs_to_snn
 from onnx_rmpe.data import Dataset
 from onnx_rmpe.modelio import get_metadata
 from tests.graphs import conv_bn_relu

@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_rmpe.convert import convert
+from onnx_rmpe.conversion import convert
 from onnx_rmpe.forms import snn_to_streaming
 from onnx_rmpe.modelio import to_graph
 from onnx_rmpe.passes.streaming import to_streaming

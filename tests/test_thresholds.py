@@ -8,9 +8,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from onnx_rmpe.convert import convert
+from onnx_rmpe.conversion import convert
 from onnx_rmpe.errors import OptionError
-from onnx_rmpe.evaluate import evaluate
+from onnx_rmpe.evaluation import evaluate
 from onnx_rmpe.modelio import get_metadata, to_graph
 from onnx_rmpe.passes.rmpe import if_nodes
 from onnx_rmpe.runtime.statistics import expose_outputs

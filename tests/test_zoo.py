@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import pytest
 
-from onnx_rmpe.convert import convert, qcfs_to_snn
+from onnx_rmpe.conversion import convert, qcfs_to_snn
 from onnx_rmpe.errors import UnsupportedOpError
 from onnx_rmpe.modelio import prepare, to_graph, to_model
 from onnx_rmpe.passes.base import run_passes

@@ -11,8 +11,8 @@ import onnx
 import pytest
 from onnx import helper
 
-from onnx_rmpe.calibrate import CLIP_LEVELS, qcfs_with_levels
-from onnx_rmpe.convert import build_qcfs, convert
+from onnx_rmpe.calibration import CLIP_LEVELS, qcfs_with_levels
+from onnx_rmpe.conversion import build_qcfs, convert
 from onnx_rmpe.data import Dataset
 from onnx_rmpe.errors import UnsupportedOpError
 from onnx_rmpe.inspect import inspect_model
@@ -327,7 +327,8 @@ def test_absurd_thresholds_and_silent_layers_warn(rng, caplog):
         build_qcfs(model, Dataset(x))
     assert any("relu1" in r.getMessage() and "outside" in r.getMessage()
                for r in caplog.records)
-    from onnx_rmpe.calibrate import LayerReport, _warn_silent
+    from onnx_rmpe.calibration.check import _warn_silent
+    from onnx_rmpe.calibration.results import LayerReport
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="onnx_rmpe"):
         _warn_silent([LayerReport("quiet_layer", 8, 0.1, 0.1, 0.0, 0.0),

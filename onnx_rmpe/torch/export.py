@@ -7,7 +7,7 @@ Both torch exporters are supported:
 * ``dynamo=True`` (``torch.export``-based, needs onnxscript): opset at least 18, weights
   stored inside the model (``external_data=False``), a dynamic batch through
   ``dynamic_shapes``. If torch cannot export the batch as dynamic, the model is exported
-  with the example's batch size; :func:`onnx_rmpe.convert.convert` frees a hard-coded
+  with the example's batch size; :func:`onnx_rmpe.conversion.convert` frees a hard-coded
   batch (inputs, outputs and Reshape targets) itself.
 
 Inputs are named ``input`` (``input_<i>`` for several), outputs ``output`` (``output_<i>``).

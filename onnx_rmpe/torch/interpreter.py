@@ -3,7 +3,7 @@
 The interpreter walks the graph's nodes in order (ONNX graphs are topologically sorted)
 with the handlers of :mod:`onnx_rmpe.torch.ops`. It targets the converter's op set: the
 graphs :func:`onnx_rmpe.modelio.prepare` plus the passes produce, QCFS models from
-:func:`onnx_rmpe.convert.build_qcfs` and ordinary ReLU exports.
+:func:`onnx_rmpe.conversion.build_qcfs` and ordinary ReLU exports.
 
 Which initializers are trained (``nn.Parameter``):
 

@@ -20,7 +20,7 @@ after the floor (which lets inputs up to ``lam (1 + phi / L)`` and down to
 ``lam`` is one scalar per layer and is trained; ``L`` (levels) and ``phi`` are fixed.
 Exported with ``torch.onnx.export(..., dynamo=False)`` the module becomes one node
 ``onnx_rmpe::QCFS(x, lam)`` with attributes ``levels`` and ``phi``, which
-:func:`onnx_rmpe.convert.convert` turns into IF neurons without recalibrating ``lam``.
+:func:`onnx_rmpe.conversion.convert` turns into IF neurons without recalibrating ``lam``.
 """
 
 from __future__ import annotations

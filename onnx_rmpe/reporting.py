@@ -221,7 +221,7 @@ def _fill(result: ReportResult, counter, layers, spikes: dict[str, str],
 def _accuracy(model, ds, batch_size: int, threads: int | None, device: Device) -> float | None:
     if model is None:
         return None
-    from onnx_rmpe.evaluate import evaluate
+    from onnx_rmpe.evaluation import evaluate
 
     return evaluate(model, ds, batch_size=batch_size, threads=threads, device=device).accuracy
 

@@ -14,7 +14,7 @@ from typing import Any
 import onnx
 
 from onnx_rmpe import validate
-from onnx_rmpe.calibrate import CLIP_LEVELS, CalibrationResult, calibrate, qcfs_with_levels
+from onnx_rmpe.calibration import CLIP_LEVELS, CalibrationResult, calibrate, qcfs_with_levels
 from onnx_rmpe.data import load_data
 from onnx_rmpe.errors import OptionError
 from onnx_rmpe.forms import snn_to_streaming
@@ -249,7 +249,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     set_metadata(snn, "onnx_rmpe.thresholds", json.dumps(lams))
     snn_report = None
     if report_dir is not None:
-        from onnx_rmpe.report import report
+        from onnx_rmpe.reporting import report
 
         snn_report = report(snn, data, qcfs=qcfs, ann=original, batch_size=batch_size,
                             threads=threads, device=device, progress=progress)
@@ -273,7 +273,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
         result.qcfs_path = written[0]
         result.target_path = written[1] if len(anns) > 1 else None
     if snn_report is not None:
-        from onnx_rmpe.report import write_report
+        from onnx_rmpe.reporting import write_report
 
         write_report(snn_report, report_dir)
     result.seconds = time.perf_counter() - start
