@@ -5,10 +5,11 @@ from __future__ import annotations
 import signal
 import sys
 import time
+import traceback
 
 import click
 
-from onnx_rmpe.cli.options import log_options, set_log_level
+from onnx_rmpe.cli.options import debug, log_options, set_log_level
 from onnx_rmpe.errors import ConversionError, OptionError
 from onnx_rmpe.outputs import remove_stale_work_dirs
 from onnx_rmpe.version import __version__
@@ -49,7 +50,8 @@ class RmpeGroup(click.Group):
 
     Usage errors found by click (an unknown option, a value that is not a number) are user
     errors too: one ``error:`` line naming the option and exit code 1, like the errors the
-    library finds. ``-v``/``-q`` work before and after the command name.
+    library finds (with ``--debug``, after its traceback). ``-v``/``-q``/``--debug`` work
+    before and after the command name.
     """
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
@@ -76,6 +78,8 @@ class RmpeGroup(click.Group):
         try:
             result = super().invoke(ctx)
         except ConversionError as exc:
+            if debug():
+                traceback.print_exc()
             click.secho(f"error: {_message(ctx, exc)}", fg="red", err=True)
             click.echo(f"FAILED | Runtime: {time.perf_counter() - start:.1f}s", err=True)
             sys.exit(1)

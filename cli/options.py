@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import click
 from onnx_rmpe.errors import OptionError
 from onnx_rmpe.logs import quiet_dependencies
 from onnx_rmpe.outputs import check_outputs, remove_quietly, write_text
+from onnx_rmpe.passes.base import CHECK_ENV
 from onnx_rmpe.runtime.memory import parse_size
 from onnx_rmpe.runtime.options import RuntimeOptions
 
@@ -29,8 +31,26 @@ def _set_quiet(ctx: click.Context, param, value):
     set_log_level(ctx)
 
 
+def _set_debug(ctx: click.Context, param, value):
+    if value:
+        ctx.find_root().meta["onnx_rmpe.debug"] = True
+        os.environ[CHECK_ENV] = "1"  # every pass checks its invariants (passes/base.py)
+    set_log_level(ctx)
+
+
+def debug() -> bool:
+    """Whether --debug was given (before or after the command name)."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.find_root().meta.get("onnx_rmpe.debug"))
+
+
 def log_options(fn):
-    """-v/--verbose (count) and -q/--quiet; accepted before and after the command name."""
+    """-v/--verbose (count), -q/--quiet and --debug; accepted before and after the command
+    name."""
+    fn = click.option("--debug", is_flag=True, expose_value=False, callback=_set_debug,
+                      help="For bug reports: debug logs (also from onnx-graphsurgeon and "
+                           "onnxruntime), every graph pass checks its invariants, and "
+                           "errors show their traceback.")(fn)
     fn = click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_quiet,
                       help="Only results, warnings and errors: no progress bars, no "
                            "tables.")(fn)
@@ -45,6 +65,8 @@ def set_log_level(ctx: click.Context) -> None:
     and no progress bars or tables."""
     meta = ctx.find_root().meta
     verbose, quiet = meta.get("onnx_rmpe.verbose", 0), meta.get("onnx_rmpe.quiet", False)
+    if meta.get("onnx_rmpe.debug"):
+        verbose, quiet = max(verbose, 2), False
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
     if quiet:
         level = logging.WARNING
