@@ -27,7 +27,7 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnx_rmpe.passes.base import PassResult, const_value
+from onnx_rmpe.passes.base import PassResult, const_value, skip
 from onnx_rmpe.passes.fold_batchnorm import _bn_affine
 
 logger = logging.getLogger(__name__)
@@ -39,11 +39,17 @@ def fold_batchnorm_forward(graph: gs.Graph) -> PassResult:
     for bn in [n for n in graph.nodes if n.op == "BatchNormalization"]:
         out = bn.outputs[0]
         affine = _bn_affine(bn)
-        if affine is None or len(out.outputs) != 1 or out in graph.outputs:
-            continue
-        nxt = out.outputs[0]
-        folder = {"Conv": _into_conv, "Gemm": _into_gemm}.get(nxt.op)
-        if folder is None or nxt.inputs[0] is not out or not folder(nxt, *affine):
+        why = _unfoldable(graph, bn, affine)
+        if why is None:
+            nxt = out.outputs[0]
+            folder = {"Conv": _into_conv, "Gemm": _into_gemm}.get(nxt.op)
+            if folder is None or nxt.inputs[0] is not out:
+                why = f"it feeds {nxt.op} {nxt.name}, not a Conv or Gemm's data input"
+            elif not folder(nxt, *affine):
+                why = (f"{nxt.op} {nxt.name} cannot absorb it exactly (zero padding, "
+                       "non-constant weights or an unsupported layout)")
+        if why is not None:
+            skip(f"BatchNormalization {bn.name} kept as a per-channel affine: {why}")
             continue
         nxt.inputs[0] = bn.inputs[0]
         bn.inputs.clear()
@@ -53,6 +59,18 @@ def fold_batchnorm_forward(graph: gs.Graph) -> PassResult:
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
         logger.info("folded %d BatchNormalization node(s) into the layer after them", folded)
     return PassResult(graph, folded > 0)
+
+
+def _unfoldable(graph: gs.Graph, bn: gs.Node, affine) -> str | None:
+    """Why ``bn`` cannot be folded forward, before looking at its consumer; else None."""
+    out = bn.outputs[0]
+    if affine is None:
+        return "its statistics are not constants (or it is in training mode)"
+    if out in graph.outputs:
+        return f"it produces graph output {out.name}"
+    if len(out.outputs) != 1:
+        return f"its output feeds {len(out.outputs)} nodes"
+    return None
 
 
 def _set_bias(node: gs.Node, idx: int, value: np.ndarray, name: str) -> None:

@@ -23,7 +23,7 @@ import logging
 
 import onnx_graphsurgeon as gs
 
-from onnx_rmpe.passes.base import PassResult, producer
+from onnx_rmpe.passes.base import PassResult, producer, skip
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +39,16 @@ def sink_readout(graph: gs.Graph) -> PassResult:
         if not chain:
             continue
         head = producer(chain[-1].inputs[0])
-        if head is None or head.op not in SOFTMAX_OPS or len(head.outputs[0].outputs) != 1:
+        if head is None or head.op not in SOFTMAX_OPS:
+            continue
+        if len(head.outputs[0].outputs) != 1:
+            skip(f"{head.op} {head.name} kept: its output also feeds other nodes than the "
+                 f"shape ops to {y.name}")
             continue
         axis = _class_axis(head, y)
         if axis is None:
+            skip(f"{head.op} {head.name} kept: the shape ops to {y.name} do not keep one "
+                 "class axis with all other non-batch axes of size 1")
             continue
         first, last = chain[-1], chain[0]
         logits = gs.Variable(f"{head.name}_logits", dtype=y.dtype)

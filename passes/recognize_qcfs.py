@@ -40,7 +40,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnx_rmpe.ops import DOMAIN, QCFS_OP
-from onnx_rmpe.passes.base import Names, PassResult, const_value, producer
+from onnx_rmpe.passes.base import Names, PassResult, const_value, producer, skip
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ def recognize_qcfs(graph: gs.Graph) -> PassResult:
         match, reason = _match(graph, floor)
         if match is None:
             logger.info("Floor node '%s' is not a QCFS activation: %s", floor.name, reason)
+            skip(f"Floor {floor.name} kept: not a QCFS activation ({reason})")
             continue
         _rewrite(graph, floor, *match)
         found += 1

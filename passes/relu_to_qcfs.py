@@ -23,7 +23,7 @@ import onnx_graphsurgeon as gs
 
 from onnx_rmpe.errors import ConversionError
 from onnx_rmpe.ops import DEFAULT_PHI, DOMAIN, QCFS_OP
-from onnx_rmpe.passes.base import PassResult, const_value, name_nodes
+from onnx_rmpe.passes.base import PassResult, const_value, name_nodes, skip
 from onnx_rmpe.passes.base import is_zero as _is_zero
 
 logger = logging.getLogger(__name__)
@@ -121,6 +121,9 @@ def relu_to_qcfs(graph: gs.Graph, *, thresholds: Mapping[str, float], levels: in
         raise ConversionError(f"levels must be at least 1, got {levels}")
     name_nodes(graph)  # thresholds are keyed by node name
     sites = {s.node: s for s in activation_sites(graph)}
+    for name in output_activations(graph):
+        skip(f"{name} kept as part of the readout: it produces a graph output, so it is "
+             "applied to the time-averaged outputs, not turned into neurons")
     missing = sorted(set(sites) - set(thresholds))
     if missing:
         raise ConversionError(f"no QCFS threshold for activation node(s): {', '.join(missing)}")

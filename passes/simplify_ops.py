@@ -17,7 +17,7 @@ import logging
 
 import onnx_graphsurgeon as gs
 
-from onnx_rmpe.passes.base import Names, PassResult, producer, replace_uses
+from onnx_rmpe.passes.base import Names, PassResult, producer, replace_uses, skip
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,9 @@ def _bypass(graph: gs.Graph, node: gs.Node) -> int:
     if out in graph.outputs:
         src = producer(inp)
         if src is None or inp in graph.outputs or len(inp.outputs) != 1:
+            skip(f"{node.op} {node.name} kept: an identity, but its input cannot take the "
+                 f"name of graph output {out.name} (a graph input, another output, or used "
+                 "elsewhere)")
             return 0
         src.outputs[src.outputs.index(inp)] = out
     else:

@@ -124,3 +124,57 @@ def test_relu_to_qcfs_and_maxpool_through_kit(rng):
     pools = FunctionPass("maxpool_reorder", maxpool_reorder,
                          ensures=invariants.after_maxpool_reorder)
     check_pass(pools, model, x, expect_changed=False)  # no QCFS -> MaxPool pair
+
+
+def _relu_bn_padded_conv(rng):
+    """Relu -> BatchNormalization -> Conv with zero padding: BN cannot fold forward."""
+    c = 3
+    inits = [("w", rng.normal(0, 0.5, (c, 2, 3, 3)).astype(np.float32)),
+             ("g", rng.uniform(0.5, 2, 2).astype(np.float32)),
+             ("be", rng.normal(size=2).astype(np.float32)),
+             ("m", rng.normal(size=2).astype(np.float32)), ("v", np.ones(2, np.float32))]
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("BatchNormalization", ["r", "g", "be", "m", "v"], ["n"],
+                              name="bn_after"),
+             helper.make_node("Conv", ["n", "w"], ["y"], pads=[1, 1, 1, 1], name="conv")]
+    return make_model(nodes, [vi("x", ["N", 2, 6, 6])], [vi("y", ["N", c, 6, 6])], inits)
+
+
+def _floor_not_qcfs(rng):
+    """Floor(x * 3) / 3 is a quantizer without a clip: not a QCFS activation."""
+    inits = [("three", np.array(3.0, np.float32))]
+    nodes = [helper.make_node("Mul", ["x", "three"], ["u"], name="scale"),
+             helper.make_node("Floor", ["u"], ["f"], name="floor"),
+             helper.make_node("Div", ["f", "three"], ["y"], name="down")]
+    return make_model(nodes, [vi("x", ["N", 4])], [vi("y", ["N", 4])], inits)
+
+
+def _relu_readout(rng):
+    inits = [("w", rng.normal(size=(4, 3)).astype(np.float32))]
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["z"], name="fc"),
+             helper.make_node("Relu", ["z"], ["y"], name="relu_out")]
+    return make_model(nodes, [vi("x", ["N", 4])], [vi("y", ["N", 3])], inits)
+
+
+@pytest.mark.parametrize("case", ["bn_forward", "floor", "readout"])
+def test_rules_that_do_not_apply_say_why(rng, case):
+    from onnx_rmpe.passes.fold_batchnorm_forward import fold_batchnorm_forward
+    from onnx_rmpe.passes.recognize_qcfs import recognize_qcfs
+
+    if case == "bn_forward":
+        model, pass_ = _relu_bn_padded_conv(rng), FunctionPass("fwd", fold_batchnorm_forward)
+        x, want = rng.normal(size=(2, 2, 6, 6)).astype(np.float32), \
+            "BatchNormalization bn_after kept as a per-channel affine: Conv conv cannot absorb"
+    elif case == "floor":
+        model, pass_ = _floor_not_qcfs(rng), FunctionPass("recognize", recognize_qcfs)
+        x, want = rng.normal(size=(2, 4)).astype(np.float32), \
+            "Floor floor kept: not a QCFS activation"
+    else:
+        model = _relu_readout(rng)
+        pass_ = FunctionPass("relu_to_qcfs", relu_to_qcfs, thresholds={})
+        x, want = None, "relu_out kept as part of the readout"
+    if x is None:
+        pass_(to_graph(prepare(model)))
+    else:
+        check_pass(pass_, model, x, expect_changed=False)
+    assert len(pass_.skipped) == 1 and pass_.skipped[0].startswith(want), pass_.skipped
