@@ -28,13 +28,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,6 +41,9 @@ import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
+
+from onnx_rmpe.torch.classifier import train_classifier
+from onnx_rmpe.torch.export import export as export_onnx
 
 CACHE = Path(os.environ.get("ONNX_RMPE_BENCH_CACHE", Path.home() / ".cache/onnx-rmpe-bench"))
 DATA = "/work/shared/data/fashion_mnist.npz"
@@ -168,38 +169,29 @@ def torch_accuracy(net: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
 
 def train(net: nn.Module, xtr, ytr, xte, yte, epochs: int, log,
           shift: bool = False) -> tuple[nn.Module, float]:
-    torch.manual_seed(SEED)
+    """AdamW (wd 5e-4), one-cycle to 4e-3, batch ``BATCH``, flips (and shifts): the shared
+    loop :func:`onnx_rmpe.torch.classifier.train_classifier`."""
     steps = (len(xtr) + BATCH - 1) // BATCH
-    opt = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 4e-3, total_steps=epochs * steps)
-    X, Y = torch.from_numpy(xtr), torch.from_numpy(ytr)
-    gen = torch.Generator().manual_seed(SEED)
     start = time.perf_counter()
-    for epoch in range(epochs):
-        net.train()
-        perm = torch.randperm(len(X), generator=gen)
-        for i in range(0, len(X), BATCH):
-            idx = perm[i:i + BATCH]
-            opt.zero_grad()
-            nn.functional.cross_entropy(net(augment(X[idx], gen, shift)), Y[idx]).backward()
-            opt.step()
-            sched.step()
-            if i // BATCH % 50 == 49 and epoch == 0:
-                log(f"epoch 1: {i // BATCH + 1}/{steps} batches "
-                    f"({time.perf_counter() - start:.0f}s)")
-        log(f"epoch {epoch + 1}/{epochs}: test {torch_accuracy(net, xte, yte):.4f} "
-            f"({time.perf_counter() - start:.0f}s)")
+
+    def batch_done(epoch: int, step: int) -> None:
+        if step % 50 == 49 and epoch == 1:
+            log(f"epoch 1: {step + 1}/{steps} batches ({time.perf_counter() - start:.0f}s)")
+
+    def epoch_done(epoch: int, loss: float, seconds: float) -> None:
+        log(f"epoch {epoch}/{epochs}: test {torch_accuracy(net, xte, yte):.4f} "
+            f"({seconds:.0f}s)")
+
+    train_classifier(net, xtr, ytr, epochs=epochs, lr=1e-3, batch=BATCH, seed=SEED,
+                     weight_decay=5e-4, max_lr=4e-3, threads=None,
+                     augment=lambda xb, gen: augment(xb, gen, shift),
+                     on_batch=batch_done, on_epoch=epoch_done)
     return net.eval(), time.perf_counter() - start
 
 
 def export(net: nn.Module) -> onnx.ModelProto:
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net.eval(), torch.zeros(1, 1, 28, 28), buf, dynamo=False,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    return onnx.load_from_string(buf.getvalue())
+    return export_onnx(net.eval(), torch.zeros(1, 1, 28, 28), opset=None,
+                       output_names=["logits"])
 
 
 def ort_accuracy(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray) -> float:

@@ -16,16 +16,17 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from onnx_rmpe.torch.classifier import train_classifier
+from onnx_rmpe.torch.export import export
 
 CACHE = Path(os.environ.get("ONNX_RMPE_BENCH_CACHE", Path.home() / ".cache/onnx-rmpe-bench"))
 
@@ -61,11 +62,7 @@ def main() -> None:
         xte, yte = scale(d["x_test"]), d["y_test"].astype(np.int64)
     torch.manual_seed(0)
     model = net()
-    steps = -(-len(xtr) // 128)
-    opt = torch.optim.AdamW(model.parameters(), 1e-3, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 4e-3, total_steps=args.epochs * steps)
-    X, Y, gen, start = torch.from_numpy(xtr), torch.from_numpy(ytr), \
-        torch.Generator().manual_seed(0), time.perf_counter()
+    start = time.perf_counter()
 
     def test_accuracy() -> float:
         model.eval()
@@ -74,25 +71,15 @@ def main() -> None:
                               for i in range(0, len(xte), 1000)])
         return float((pred.numpy() == yte).mean())
 
-    for epoch in range(args.epochs):
-        model.train()
-        perm = torch.randperm(len(X), generator=gen)
-        for i in range(0, len(X), 128):
-            idx = perm[i:i + 128]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(augment(X[idx], gen)), Y[idx]).backward()
-            opt.step()
-            sched.step()
-        print(f"epoch {epoch + 1}: test {test_accuracy():.4f}", flush=True)
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), torch.zeros(1, 1, 28, 28), buf, dynamo=False,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    def epoch_done(epoch: int, loss: float, seconds: float) -> None:
+        print(f"epoch {epoch}: test {test_accuracy():.4f}", flush=True)
+
+    train_classifier(model, xtr, ytr, epochs=args.epochs, lr=1e-3, batch=128, seed=0,
+                     weight_decay=5e-4, max_lr=4e-3, augment=augment, on_epoch=epoch_done)
+    proto = export(model, xtr[:1], opset=None, output_names=["logits"])
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = CACHE / ".vgg_small_avg.onnx.tmp"
-    tmp.write_bytes(buf.getvalue())
+    tmp.write_bytes(proto.SerializeToString())
     record = {"name": "vgg_small_avg", "epochs": args.epochs, "train_samples": len(xtr),
               "test_accuracy_torch": test_accuracy(),
               "seconds": time.perf_counter() - start,

@@ -5,10 +5,8 @@ Needs the ``torch`` extra (torch and scikit-learn); nothing is downloaded.
 
 from __future__ import annotations
 
-import io
 import logging
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,28 +68,20 @@ def train_digits_cnn(train: Dataset, *, epochs: int = 20, seed: int = 0,
         nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.AvgPool2d(2),
         nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.AvgPool2d(2),
         nn.Flatten(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
-    opt = torch.optim.Adam(net.parameters(), 3e-3)
-    x, y = torch.tensor(train.x), torch.tensor(train.y)
-    gen = torch.Generator().manual_seed(seed)
+    from onnx_rmpe.torch.classifier import train_classifier
+    from onnx_rmpe.torch.export import export
+
     with progress_bar(progress, "train") as bar:
         task = bar.add_task("epochs (loss -)", total=epochs)
-        for epoch in range(epochs):
-            net.train()
-            for idx in torch.randperm(len(x), generator=gen).split(64):
-                opt.zero_grad()
-                loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
-                loss.backward()
-                opt.step()
-            bar.update(task, advance=1, description=f"epoch {epoch + 1}/{epochs} (loss "
-                                                    f"{loss.item():.3f})")
-    net.eval()
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, x[:1], buf, dynamo=False, input_names=["image"],
-                          output_names=["logits"],
-                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
-    return onnx.load_from_string(buf.getvalue())
+
+        def epoch_done(epoch: int, loss: float, seconds: float) -> None:
+            bar.update(task, advance=1, description=f"epoch {epoch}/{epochs} (loss "
+                                                    f"{loss:.3f})")
+
+        train_classifier(net, train.x, train.y, epochs=epochs, lr=3e-3, batch=64, seed=seed,
+                         threads=None, on_epoch=epoch_done)
+    return export(net, train.x[:1], opset=None, input_names=["image"],
+                  output_names=["logits"])
 
 
 def run_demo(out_dir: str | Path = "onnx-rmpe-demo", *, T: int = 4, levels: int = 8,

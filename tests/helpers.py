@@ -55,54 +55,19 @@ def train(net, x: np.ndarray, y: np.ndarray, *, epochs: int = 15, lr: float = 1e
           seed: int = 0, batch: int = 64):
     """Train a torch module a few seconds (Adam, cross-entropy); returns it in eval mode.
 
-    One torch thread while training: multi-threaded CPU kernels do not sum in a fixed
-    order, and the tests assert on the resulting numbers, so they must be reproducible.
+    The shared loop :func:`onnx_rmpe.torch.classifier.train_classifier`, re-initialized from
+    ``seed`` and on one torch thread, so the tests' numbers are reproducible.
     """
-    import torch
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _train(net, x, y, epochs=epochs, lr=lr, seed=seed, batch=batch)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _train(net, x, y, *, epochs, lr, seed, batch):
-    import torch
-    torch.manual_seed(seed)
-    for module in net.modules():  # the same start whatever ran before the net was built
-        if module is not net and hasattr(module, "reset_parameters"):
-            module.reset_parameters()
-    opt = torch.optim.Adam(net.parameters(), lr)
-    X, Y = torch.tensor(x), torch.tensor(y)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        net.train()
-        perm = torch.randperm(len(X), generator=g)
-        for i in range(0, len(X), batch):
-            idx = perm[i:i + batch]
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(net(X[idx]), Y[idx]).backward()
-            opt.step()
-    return net.eval()
+    from onnx_rmpe.torch.classifier import train_classifier
+    return train_classifier(net, x, y, epochs=epochs, lr=lr, seed=seed, batch=batch,
+                            reset=True)
 
 
 def export_torch(net, example: np.ndarray, path=None) -> onnx.ModelProto:
-    """TorchScript-based export with a dynamic batch (no onnxscript needed)."""
-    import io
-    import warnings
-
-    import torch
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, torch.tensor(example[:1]), buf, dynamo=False,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    model = onnx.load_from_string(buf.getvalue())
-    if path is not None:
-        onnx.save(model, str(path))
-    return model
+    """The library's TorchScript-based export (dynamic batch), input ``input``, output
+    ``logits``, at the exporter's default opset."""
+    from onnx_rmpe.torch.export import export
+    return export(net, example[:1], path, opset=None, output_names=["logits"])
 
 
 def accuracy(logits: np.ndarray, y: np.ndarray) -> float:

@@ -122,7 +122,8 @@ def test_missing_torch_is_a_user_error(relu_model, digits_data, monkeypatch):
 
 
 def test_importing_the_package_does_not_import_torch():
-    code = ("import sys, onnx_rmpe, onnx_rmpe.convert, onnx_rmpe.finetune, onnx_rmpe.cli.finetune;"
+    code = ("import sys, onnx_rmpe, onnx_rmpe.conversion, onnx_rmpe.finetune, "
+            "onnx_rmpe.cli.finetune;"
             "assert 'torch' not in sys.modules, 'torch imported'")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 

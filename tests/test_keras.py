@@ -15,7 +15,7 @@ pytest.importorskip("tf2onnx", reason="tf2onnx is not installed: Keras export un
 
 
 def test_import_onnx_rmpe_does_not_import_tensorflow():
-    code = ("import sys, onnx_rmpe, onnx_rmpe.convert, onnx_rmpe.modelio; "
+    code = ("import sys, onnx_rmpe, onnx_rmpe.conversion, onnx_rmpe.modelio; "
             "sys.exit(int('tensorflow' in sys.modules or 'keras' in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 

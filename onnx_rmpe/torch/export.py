@@ -79,11 +79,15 @@ def _dynamo(model, args: tuple, ins: Sequence[str], outs: Sequence[str], opset: 
 
 
 def export(model, example_input: Any, path: str | os.PathLike | None = None, *,
-           dynamo: bool = False, opset: int = 17) -> onnx.ModelProto:
+           dynamo: bool = False, opset: int | None = 17,
+           input_names: Sequence[str] | None = None,
+           output_names: Sequence[str] | None = None) -> onnx.ModelProto:
     """Export ``model`` (a ``torch.nn.Module``) for conversion; write it to ``path`` if given.
 
     ``example_input``: a tensor or array (or a tuple of them) with the model's input
-    shape. Returns the self-contained ModelProto (weights inside, checked by onnx).
+    shape. ``opset=None``: the exporter's own default. ``input_names`` /
+    ``output_names`` replace the default names. Returns the self-contained ModelProto
+    (weights inside, checked by onnx).
     """
     try:
         import torch
@@ -93,12 +97,13 @@ def export(model, example_input: Any, path: str | os.PathLike | None = None, *,
     was_training = model.training
     model.eval()
     ins, outs = _names(model, args)
+    ins, outs = list(input_names or ins), list(output_names or outs)
     buf = io.BytesIO()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if dynamo:
-                _dynamo(model, args, ins, outs, max(opset, DYNAMO_MIN_OPSET), buf)
+                _dynamo(model, args, ins, outs, max(opset or 0, DYNAMO_MIN_OPSET), buf)
             else:
                 axes = {name: {0: "batch"} for name in list(ins) + list(outs)}
                 torch.onnx.export(model, args, buf, dynamo=False, opset_version=opset,
