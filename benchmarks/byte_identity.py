@@ -126,7 +126,7 @@ def run(cache: Path) -> dict[str, str]:
             if opts.pop("save_qcfs", False):
                 opts["save_qcfs"] = Path(tmp) / f"{case}.qcfs.onnx"
             convert(str(cache / f"{name}.onnx"), calib=calib_for(name), output=out,
-                    calib_samples=None, batch_size=64, threads=1, seed=0, **opts)
+                    calib_samples=None, batch_size=64, threads=1, **opts)
             for path in sorted(Path(tmp).glob(f"{case}.*")):
                 key = f"{case}/{path.name.removeprefix(case + '.')}"
                 hashes[key] = sha256(path)

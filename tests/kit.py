@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 from onnx_rmpe.modelio import prepare, to_graph, to_model
+from onnx_rmpe.ops import DOMAIN, IF_OP
 from onnx_rmpe.passes.base import GraphPass
-from tests.helpers import assert_numerically_equal
+from tests.helpers import assert_numerically_equal, run
 
 
 def check_pass(pass_: GraphPass, model: onnx.ModelProto, inputs: np.ndarray | None,
@@ -37,3 +39,30 @@ def check_pass(pass_: GraphPass, model: onnx.ModelProto, inputs: np.ndarray | No
     else:
         onnx.checker.check_model(result, full_check=True)
     return result
+
+
+def neurons(model: onnx.ModelProto, op: str = IF_OP) -> list[onnx.NodeProto]:
+    """The ``onnx_rmpe`` nodes of type ``op`` (IF neurons by default), in graph order."""
+    return [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == op]
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs the tensors ``names``."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    model.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                              for n in names)
+    return model
+
+
+def random_v_init(snn: onnx.ModelProto, x: np.ndarray, rng) -> onnx.ModelProto:
+    """A copy of ``snn`` with per-neuron v_init in [-theta/2, theta/2) (what RMPE
+    calibration writes), shaped like one sample of each layer."""
+    spikes = [n.output[0] for n in neurons(snn)]
+    shapes = [a.shape[1:] for a in run(with_outputs(snn, spikes), x[:1])[-len(spikes):]]
+    model = onnx.ModelProto.FromString(snn.SerializeToString())
+    inits = {i.name: i for i in model.graph.initializer}
+    for node, shape in zip(neurons(model), shapes):
+        theta = numpy_helper.to_array(inits[node.input[1]])
+        value = ((rng.random(shape) - 0.5) * theta).astype(np.float32)
+        inits[node.input[2]].CopyFrom(numpy_helper.from_array(value, node.input[2]))
+    return model

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import numpy_helper
 
 from onnx_rmpe.conversion import convert, qcfs_to_snn
 from onnx_rmpe.errors import OptionError
@@ -32,9 +32,10 @@ from onnx_rmpe.forms import (
     step_bytes_per_sample,
 )
 from onnx_rmpe.modelio import ensure_functions
-from onnx_rmpe.runtime.neurons import DOMAIN, IF_CHUNK_OP, IF_OP
+from onnx_rmpe.runtime.neurons import IF_CHUNK_OP, IF_OP
 from onnx_rmpe.runtime.streaming import StreamingRunner, initial_states
 from tests.helpers import export_torch, run, train
+from tests.kit import neurons, random_v_init, with_outputs
 from tests.test_streaming import _cnn, _resnet
 
 T_MAX = 6
@@ -47,32 +48,15 @@ def nets(request, digits_data):
     net = train({"cnn": _cnn, "resnet": _resnet}[request.param](), x[:600], y[:600], epochs=2)
     qcfs = convert(export_torch(net, x), T=4, calib=x[:200], rmpe=False).qcfs
     rng = np.random.default_rng(3)
-    snns = {T: _random_v_init(qcfs_to_snn(qcfs, T=T, form="scan"), x[:1], rng)
+    snns = {T: random_v_init(qcfs_to_snn(qcfs, T=T, form="scan"), x[:1], rng)
             for T in (1, 2, 5, T_MAX)}
     return qcfs, snns
 
 
-def _neurons(model: onnx.ModelProto, op: str = IF_OP) -> list[onnx.NodeProto]:
-    return [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == op]
 
 
-def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    model.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
-                              for n in names)
-    return model
 
 
-def _random_v_init(snn: onnx.ModelProto, x1: np.ndarray, rng) -> onnx.ModelProto:
-    """Per-neuron v_init in [-theta/2, theta/2) (what RMPE calibration writes)."""
-    spikes = [n.output[0] for n in _neurons(snn)]
-    shapes = [a.shape[1:] for a in run(_with_outputs(snn, spikes), x1)[-len(spikes):]]
-    inits = {i.name: i for i in snn.graph.initializer}
-    for node, shape in zip(_neurons(snn), shapes):
-        theta = numpy_helper.to_array(inits[node.input[1]])
-        value = ((rng.random(shape) - 0.5) * theta).astype(np.float32)
-        inits[node.input[2]].CopyFrom(numpy_helper.from_array(value, node.input[2]))
-    return snn
 
 
 def assert_same_run(got: np.ndarray, want: np.ndarray, *, spikes: bool = False,
@@ -91,9 +75,9 @@ def assert_same_run(got: np.ndarray, want: np.ndarray, *, spikes: bool = False,
 
 def _multi(snn: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
     """Outputs and per-layer spikes ``[T*N, ...]`` of a multi-step model, by name."""
-    spikes = [n.output[0] for n in _neurons(snn)]
+    spikes = [n.output[0] for n in neurons(snn)]
     names = [o.name for o in snn.graph.output] + spikes
-    return dict(zip(names, run(_with_outputs(snn, spikes), x)))
+    return dict(zip(names, run(with_outputs(snn, spikes), x)))
 
 
 @pytest.mark.parametrize("T", [1, 2, 5, T_MAX])
@@ -103,7 +87,7 @@ def test_unrolled_equals_scan(nets, digits_data, T):
     x = x_test[:16]
     scan = snns[T]
     unrolled = onnx.ModelProto.FromString(scan.SerializeToString())
-    for node in _neurons(unrolled):
+    for node in neurons(unrolled):
         (form,) = [a for a in node.attribute if a.name == "form"]
         assert form.s == b"scan"
         form.s = b"unrolled"
@@ -133,11 +117,11 @@ def test_chunked_equals_multi_step(nets, digits_data, T, chunk, form):
     chunked = snn_to_chunked(qcfs, snn, chunk=chunk, form=form)
     onnx.checker.check_model(chunked, full_check=True)
     assert chunked.ir_version == 10
-    assert not _neurons(chunked) and len(_neurons(chunked, IF_CHUNK_OP)) == len(_neurons(snn))
+    assert not neurons(chunked) and len(neurons(chunked, IF_CHUNK_OP)) == len(neurons(snn))
     want = _multi(snn, x)
     out = snn.graph.output[0].name
-    spikes = [n.output[0] for n in _neurons(chunked, IF_CHUNK_OP)]
-    runner = StreamingRunner(_with_outputs(chunked, spikes), threads=1)
+    spikes = [n.output[0] for n in neurons(chunked, IF_CHUNK_OP)]
+    runner = StreamingRunner(with_outputs(chunked, spikes), threads=1)
     got = runner.run(x, T)
     assert got.shape == want[f"{out}_per_step"].shape == (T, len(x), 10)
     assert_same_run(got, want[f"{out}_per_step"])
@@ -165,10 +149,10 @@ def test_network_unrolled_equals_multi_step(nets, digits_data, T):
     assert [i.name for i in unrolled.graph.input] == [i.name for i in snn.graph.input]
     assert [o.name for o in unrolled.graph.output] == [o.name for o in snn.graph.output]
     want = _multi(snn, x)
-    layers = [n.output[0] for n in _neurons(snn)]
+    layers = [n.output[0] for n in neurons(snn)]
     steps = [f"{n}@{t}" for n in layers for t in range(1, T + 1)]
     got = dict(zip([o.name for o in unrolled.graph.output] + steps,
-                   run(_with_outputs(unrolled, steps), x)))
+                   run(with_outputs(unrolled, steps), x)))
     for o in snn.graph.output:
         assert_same_run(got[o.name], want[o.name], name=o.name)
     for n in layers:
@@ -182,7 +166,7 @@ def test_chunked_state_defaults_are_calibrated_start(nets):
     chunked = snn_to_chunked(qcfs, snn, chunk=2)
     inits = {i.name: numpy_helper.to_array(i) for i in snn.graph.initializer}
     start = initial_states(chunked, 3)
-    for node in _neurons(snn):
+    for node in neurons(snn):
         v0 = inits[node.input[1]] * np.float32(0.5) + inits[node.input[2]]
         np.testing.assert_array_equal(start[f"{node.name}.v"], np.broadcast_to(v0, (3, *v0.shape)))
     assert float(start["step"]) == 0.0

@@ -11,9 +11,10 @@ from onnx_rmpe.conversion import convert
 from onnx_rmpe.forms import snn_to_streaming
 from onnx_rmpe.modelio import to_graph
 from onnx_rmpe.passes.streaming import to_streaming
-from onnx_rmpe.runtime.neurons import DOMAIN, IF_OP
+from onnx_rmpe.runtime.neurons import IF_OP
 from onnx_rmpe.runtime.streaming import StreamingRunner, initial_states
 from tests.helpers import export_torch, run, train
+from tests.kit import neurons, random_v_init, with_outputs
 
 T = 6
 
@@ -52,39 +53,21 @@ def snn(request, digits_data):
     return convert(export_torch(net, x), T=T, calib=x[:200]).snn
 
 
-def _neurons(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    return [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == IF_OP]
 
 
-def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    model.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
-                              for n in names)
-    return model
 
 
-def _set_random_v_init(snn: onnx.ModelProto, x: np.ndarray, rng) -> onnx.ModelProto:
-    """Per-neuron v_init in [-theta/2, theta/2), shaped like one sample of the layer."""
-    spikes = [n.output[0] for n in _neurons(snn)]
-    shapes = [a.shape[1:] for a in run(_with_outputs(snn, spikes), x[:1])[-len(spikes):]]
-    model = onnx.ModelProto.FromString(snn.SerializeToString())
-    inits = {i.name: i for i in model.graph.initializer}
-    for node, shape in zip(_neurons(model), shapes):
-        theta = numpy_helper.to_array(inits[node.input[1]])
-        value = ((rng.random(shape) - 0.5) * theta).astype(np.float32)
-        inits[node.input[2]].CopyFrom(numpy_helper.from_array(value, node.input[2]))
-    return model
 
 
 def _compare(snn: onnx.ModelProto, x: np.ndarray) -> None:
     out = snn.graph.output[0].name
-    spikes = [n.output[0] for n in _neurons(snn)]
+    spikes = [n.output[0] for n in neurons(snn)]
     stream = snn_to_streaming(snn)
     onnx.checker.check_model(stream, full_check=True)
     assert not any(n.op_type in ("Scan", IF_OP) for n in stream.graph.node)
-    multi = run(_with_outputs(snn, spikes), x)
+    multi = run(with_outputs(snn, spikes), x)
     named = dict(zip([o.name for o in snn.graph.output] + spikes, multi))
-    runner = StreamingRunner(_with_outputs(stream, spikes), threads=1)
+    runner = StreamingRunner(with_outputs(stream, spikes), threads=1)
     got = runner.run(x, T, output=out)
     want = named[f"{out}_per_step"]
     assert got.shape == want.shape == (T, len(x), 10)
@@ -112,14 +95,14 @@ def test_streaming_matches_multi_step(snn, digits_data):
 
 def test_streaming_carries_calibrated_v_init(snn, digits_data, rng):
     _, (x_test, _) = digits_data
-    calibrated = _set_random_v_init(snn, x_test, rng)
+    calibrated = random_v_init(snn, x_test, rng)
     assert not np.array_equal(run(calibrated, x_test[:32])[0], run(snn, x_test[:32])[0])
     _compare(calibrated, x_test[:32])
     # the default state is v(0) = phi * theta + v_init, per neuron
     stream = snn_to_streaming(calibrated)
     inits = {i.name: numpy_helper.to_array(i) for i in calibrated.graph.initializer}
     start = initial_states(stream, 3)
-    for node in _neurons(calibrated):
+    for node in neurons(calibrated):
         v0 = inits[node.input[1]] * np.float32(0.5) + inits[node.input[2]]
         assert start[f"{node.name}.v"].shape == (3, *v0.shape)
         np.testing.assert_array_equal(start[f"{node.name}.v"], np.broadcast_to(v0, (3, *v0.shape)))
