@@ -142,11 +142,11 @@ def _check(proto: onnx.ModelProto, source: str, steps: int, batch_size: int, lr:
     if len(Ts) > 1:
         raise OptionError("snn", f"'{source}' has IF neurons with different T {sorted(Ts)}")
     if steps < 0:
-        raise OptionError("--steps", f"must be at least 0, got {steps}")
+        raise OptionError("steps", f"must be at least 0, got {steps}")
     if batch_size < 1:
-        raise OptionError("--batch-size", f"must be at least 1, got {batch_size}")
+        raise OptionError("batch_size", f"must be at least 1, got {batch_size}")
     if not (np.isfinite(lr) and lr > 0):
-        raise OptionError("--lr", f"must be a positive number, got {lr}")
+        raise OptionError("lr", f"must be a positive number, got {lr}")
     return Ts.pop()
 
 
@@ -154,12 +154,12 @@ def _distill(distill: float | None, teacher, labelled: bool) -> float:
     if distill is None:
         distill = 1.0 if teacher is not None else 0.0
     if not 0 <= distill <= 1:
-        raise OptionError("--distill", f"must be in [0, 1], got {distill}")
+        raise OptionError("distill", f"must be in [0, 1], got {distill}")
     if distill > 0 and teacher is None:
-        raise OptionError("--teacher", "distillation needs the ANN whose logits the SNN "
+        raise OptionError("teacher", "distillation needs the ANN whose logits the SNN "
                                        "should match: give --teacher ANN.onnx")
     if distill < 1 and not labelled:
-        raise OptionError("--distill", "the data has no labels 'y': the SNN can only be "
+        raise OptionError("distill", "the data has no labels 'y': the SNN can only be "
                                        "fine-tuned by distillation (--teacher, weight 1)")
     return float(distill)
 

@@ -126,7 +126,7 @@ def snn_to_chunked(qcfs: onnx.ModelProto, snn: onnx.ModelProto, *, chunk: int,
     meta = get_metadata(snn)
     T = int(meta.get("onnx_rmpe.T", 0))
     if chunk < 1 or T < 1 or T % chunk:
-        raise OptionError("--chunk", f"must divide T={T} (steps per call), got {chunk}")
+        raise OptionError("chunk", f"must divide T={T} (steps per call), got {chunk}")
     phi = float(meta.get("onnx_rmpe.phi", DEFAULT_PHI))
     graph = run_passes(to_graph(qcfs), if_passes(T=chunk, phi=phi, form=form, chunk=True))
     starts = start_potentials(snn)

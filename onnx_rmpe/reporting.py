@@ -137,8 +137,9 @@ def report(model: str | os.PathLike | onnx.ModelProto, data, *,
     ``out_dir``: write ``report.json`` and the PNGs there.
     """
     start = time.perf_counter()
-    if energy_mac <= 0 or energy_ac <= 0:
-        raise OptionError("--energy-mac/--energy-ac", "energies must be positive (pJ)")
+    for name, value in (("energy_mac", energy_mac), ("energy_ac", energy_ac)):
+        if not value > 0:
+            raise OptionError(name, f"energies must be positive (pJ), got {value}")
     proto, source = read_model(model)
     streaming = is_streaming(proto)
     if not streaming and not is_snn(proto):

@@ -117,11 +117,11 @@ def test_snn_finetune_user_errors(relu_model, snn_T1, digits_data):
     (x, y), _ = digits_data
     with pytest.raises(OptionError, match="no onnx_rmpe::IFNeuron"):
         finetune_snn(relu_model, (x, y), steps=1)
-    with pytest.raises(OptionError, match="--teacher"):
+    with pytest.raises(OptionError, match="option teacher"):
         finetune_snn(snn_T1, (x, y), distill=1.0, steps=1)
     with pytest.raises(OptionError, match="no labels"):
         finetune_snn(snn_T1, x, steps=1)
-    with pytest.raises(OptionError, match="--steps"):
+    with pytest.raises(OptionError, match="option steps"):
         finetune_snn(snn_T1, (x, y), steps=-1)
 
 

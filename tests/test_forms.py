@@ -183,7 +183,7 @@ def test_streaming_equals_scan(nets, digits_data):
 
 def test_chunk_must_divide_T(nets):
     qcfs, snns = nets
-    with pytest.raises(OptionError, match="--chunk"):
+    with pytest.raises(OptionError, match="option chunk"):
         snn_to_chunked(qcfs, snns[5], chunk=2)
 
 
