@@ -62,7 +62,8 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
               threads: int | None = None, device: Device = "cpu",
               providers: Sequence[str] | None = None, max_memory: int | None = None,
               runtime: RuntimeOptions | None = None,
-              progress: bool = False) -> CalibrationResult:
+              progress: bool = False,
+              uncalibrated_outputs: np.ndarray | None = None) -> CalibrationResult:
     """Calibrate the initial potentials of ``snn`` against its QCFS ANN on ``data``.
 
     ``snn`` and ``qcfs`` (models or paths) come from :func:`onnx_rmpe.convert`; layers are
@@ -81,7 +82,9 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
     L).
     ``output`` (if given) receives the calibrated SNN, written only on
     success; it may not be one of the inputs. ``max_memory`` (bytes; default half the
-    available memory) bounds the batch size of the SNN runs.
+    available memory) bounds the batch size of the SNN runs. ``uncalibrated_outputs``: the
+    first output of ``snn`` on the first ``samples`` of ``data`` when the caller has it
+    (``convert`` takes it from the threshold search), so the check does not run ``snn``.
     """
     batch_size, threads, device, max_memory = RuntimeOptions.resolve(
         runtime, batch_size=batch_size, threads=threads, device=device, providers=providers,
@@ -100,6 +103,10 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
     _check_kinds(snn, snn_name, qcfs, qcfs_name)
     ds = load_data(data).head(samples)
     check_fits(ds, qcfs)
+    if uncalibrated_outputs is not None and len(uncalibrated_outputs) != len(ds):
+        raise ConversionError(f"uncalibrated_outputs has {len(uncalibrated_outputs)} rows for "
+                              f"{len(ds)} calibration samples; give the outputs of the same "
+                              "samples or leave it out")
     T, phi = _snn_settings(snn)
     batch_size = plan_batch(snn, batch_size, max_memory, what=f"the SNN (T={T})")
     segs = segments(snn)
@@ -132,7 +139,7 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
                                spike_cache_bytes=store.peak_bytes)
     if check:
         out = _check(result, snn, reference or qcfs, ds, batch_size, threads, device,
-                     calibrated)
+                     calibrated, uncalibrated_outputs)
     if not result.accepted and meta.get("onnx_rmpe.rmpe") == "layerwise":
         # a rejected recalibration keeps the earlier calibration: say so, keep its record
         set_metadata(out, "onnx_rmpe.rmpe_recalibration",
