@@ -42,7 +42,7 @@ from onnx_rmpe.data import Dataset
 from onnx_rmpe.outputs import WORK_PREFIX
 from onnx_rmpe.runtime.feeder import SegmentFeeder as _Feeder
 from onnx_rmpe.runtime.feeder import current_cache
-from onnx_rmpe.runtime.memory import cache_limit, plan_batch
+from onnx_rmpe.runtime.memory import cache_limit, plan_batch_within
 from onnx_rmpe.runtime.neurons import DOMAIN, QCFS_OP
 from onnx_rmpe.runtime.segments import Segment, readout_segment, segments
 from onnx_rmpe.runtime.session import Device, batches, make_session
@@ -116,8 +116,9 @@ def search(snn: onnx.ModelProto, qcfs: onnx.ModelProto, data: Dataset, *, T: int
     the uncalibrated SNN's outputs, which RMPE's check compares with, without another SNN
     pass)."""
     start_time = time.perf_counter()
-    batch_size = plan_batch(snn, batch_size, max_memory, what=f"the threshold search (T={T})")
     current_bytes = cache_limit(max_memory, CURRENT_CACHE_BYTES)
+    batch_size = plan_batch_within(snn, batch_size, max_memory, reserved=current_bytes,
+                                   what=f"the threshold search (T={T})")
     segs = segments(snn)
     names = [s.layer.name for s in segs]
     thetas = {s.layer.spikes: float(s.layer.theta) for s in segs}

@@ -88,3 +88,22 @@ def test_disk_array_and_packed_merge(tmp_path):
     for cache in (arr, a, b):
         (store if cache is arr else spikes).free(cache)
     assert store.live == 0 and spikes.live == 0 and not list(tmp_path.iterdir())
+
+
+def test_batch_plan_leaves_room_for_the_process_and_the_caches(resnet, digits_data):
+    """The calibration's batches get the budget minus the process's resident memory and
+    the caches it keeps (at least a quarter of the budget)."""
+    from onnx_rmpe.convert import convert
+    from onnx_rmpe.runtime.memory import bytes_per_sample, plan_batch_within, resident_bytes
+    (x, _), _ = digits_data
+    snn = convert(resnet, T=16, calib=x[:32], rmpe=False, thresholds="percentile").snn
+    per = bytes_per_sample(snn)
+    rss = resident_bytes()
+    assert rss > 20 << 20  # the process with numpy and onnxruntime loaded
+    room = 3 * (rss + (8 << 20))  # more than a quarter of the budget below
+    budget = rss + (8 << 20) + room
+    got = plan_batch_within(snn, 10**9, budget, what="t", reserved=8 << 20)
+    assert 0.9 * room / per <= got <= room / per  # the RSS grows a little in between
+    floor = plan_batch_within(snn, 10**9, budget, what="t", reserved=1 << 40)
+    assert floor == budget // 4 // per
+    assert plan_batch_within(snn, 7, budget, what="t") == 7

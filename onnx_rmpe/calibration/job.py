@@ -33,7 +33,7 @@ from onnx_rmpe.modelio import (
 )
 from onnx_rmpe.outputs import WORK_PREFIX, check_outputs
 from onnx_rmpe.passes.rmpe import set_initial_potentials
-from onnx_rmpe.runtime.memory import cache_limit, plan_batch
+from onnx_rmpe.runtime.memory import cache_limit, plan_batch, plan_batch_within
 from onnx_rmpe.runtime.neurons import DEFAULT_PHI, IF_OP, QCFS_OP
 from onnx_rmpe.runtime.options import RuntimeOptions
 from onnx_rmpe.runtime.progress import progress_bar
@@ -108,7 +108,11 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
                               f"{len(ds)} calibration samples; give the outputs of the same "
                               "samples or leave it out")
     T, phi = _snn_settings(snn)
+    # the ANN targets (float64 sums per batch) at the batch planned for the SNN alone, as
+    # before; the sweep and the check (batch-independent figures) in what the process leaves
     batch_size = plan_batch(snn, batch_size, max_memory, what=f"the SNN (T={T})")
+    snn_batch = plan_batch_within(snn, batch_size, max_memory, what=f"the SNN (T={T})",
+                                  reserved=cache_limit(max_memory, CURRENT_CACHE_BYTES))
     segs = segments(snn)
     levels = int(neuron_attributes(qcfs, QCFS_OP).get("levels", T))
     if target_levels is None:
@@ -123,7 +127,7 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
         store = SpikeStore(cache_dir)
         readout = readout_segment(snn) if check else None
         for sweep in range(sweeps):
-            settings = SweepSettings(T, phi, granularity, batch_size,
+            settings = SweepSettings(T, phi, granularity, snn_batch,
                                      cache_limit(max_memory, CURRENT_CACHE_BYTES),
                                      threads, device)
             # the last sweep also keeps the spikes the output reads: the check's calibrated
@@ -138,7 +142,7 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
     result = CalibrationResult(out, reports, T, len(ds), provider=provider,
                                spike_cache_bytes=store.peak_bytes)
     if check:
-        out = _check(result, snn, reference or qcfs, ds, batch_size, threads, device,
+        out = _check(result, snn, reference or qcfs, ds, snn_batch, threads, device,
                      calibrated, uncalibrated_outputs)
     if not result.accepted and meta.get("onnx_rmpe.rmpe") == "layerwise":
         # a rejected recalibration keeps the earlier calibration: say so, keep its record
