@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -39,10 +40,14 @@ import json, resource, sys, time, functools
 import numpy as np
 job, model, calib, T, budget = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), \
     int(sys.argv[5])
-import importlib
-cal = importlib.import_module("onnx_rmpe.calibration")
-conv = importlib.import_module("onnx_rmpe.conversion")
-from onnx_rmpe.evaluation import evaluate
+import hashlib, importlib
+cal = importlib.import_module("onnx_rmpe.calibration.job")
+try:  # the job modules were renamed after e76d2be (--before builds may predate it)
+    conv = importlib.import_module("onnx_rmpe.conversion")
+    from onnx_rmpe.evaluation import evaluate
+except ImportError:
+    conv = importlib.import_module("onnx_rmpe.convert")
+    from onnx_rmpe.evaluate import evaluate
 phases, cpu = {}, {}
 def timed(module, name, key):
     fn = getattr(module, name)
@@ -55,7 +60,9 @@ def timed(module, name, key):
             phases[key] = phases.get(key, 0.0) + time.perf_counter() - t
             cpu[key] = cpu.get(key, 0.0) + time.process_time() - c
     setattr(module, name, wrapper)
-for module, name, key in ((conv, "search_thresholds", "threshold search"),
+search = ("search_thresholds_and_outputs" if hasattr(conv, "search_thresholds_and_outputs")
+          else "search_thresholds")
+for module, name, key in ((conv, search, "threshold search"),
                           (cal, "_ann_means", "ANN targets"), (cal, "_sweep", "layer sweep"),
                           (cal, "_check", "final check"), (conv, "calibrate", "calibrate")):
     timed(module, name, key)
@@ -63,7 +70,7 @@ out = {}
 if job == "snn":
     snn = conv.convert(model, T=T, calib=calib, rmpe=False, thresholds="percentile",
                        threads=1).snn
-    y = np.zeros(512, np.int64)
+    y = np.zeros(len(np.load(calib)["x"]), np.int64)
     x = np.load(calib)["x"]
     evaluate(snn, (x, y), batch_size=128, threads=1, max_memory=budget)  # warm-up
     t, c = time.perf_counter(), time.process_time()
@@ -74,6 +81,10 @@ else:
     res = conv.convert(model, T=T, calib=calib, rmpe=job == "default", threads=1,
                        batch_size=128, max_memory=budget)
     out["seconds"], out["cpu"] = time.perf_counter() - t, time.process_time() - c
+    digest = hashlib.sha256()  # thresholds and initial potentials, bit for bit
+    for init in sorted(res.snn.graph.initializer, key=lambda t: t.name):
+        digest.update(init.name.encode() + init.SerializeToString())
+    out["params_sha256"] = digest.hexdigest()[:16]
     if res.calibration is not None:
         out["spike_cache_bytes"] = res.calibration.spike_cache_bytes
         out["accepted"] = res.calibration.accepted
@@ -109,9 +120,12 @@ def cifar_net(rng: np.random.Generator) -> onnx.ModelProto:
     return model
 
 
-def run_job(job: str, model: Path, calib: Path, T: int, budget: int) -> dict:
+def run_job(job: str, model: Path, calib: Path, T: int, budget: int,
+            pythonpath: str | None = None) -> dict:
+    env = dict(os.environ, PYTHONPATH=pythonpath) if pythonpath else None
     proc = subprocess.run([sys.executable, "-c", CHILD, job, str(model), str(calib), str(T),
-                           str(budget)], capture_output=True, text=True)
+                           str(budget)], capture_output=True, text=True, env=env,
+                          cwd=tempfile.gettempdir() if pythonpath else None)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -122,6 +136,11 @@ def main() -> None:
     ap.add_argument("--T", default="32,64")
     ap.add_argument("--max-memory", default="1G")
     ap.add_argument("--jobs", default="snn,no-rmpe,default")
+    ap.add_argument("--samples", type=int, default=SAMPLES)
+    ap.add_argument("--before", default=None,
+                    help="a site directory with another build of onnx_rmpe (e.g. `pip install "
+                         "--no-deps --target DIR` of an older commit): each job also runs with "
+                         "it, right after this tree's (interleaved), rows `before: ...`")
     args = ap.parse_args()
     from onnx_rmpe.runtime.memory import parse_size
 
@@ -131,30 +150,35 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model, calib = Path(tmp) / "cnn.onnx", Path(tmp) / "calib.npz"
         onnx.save(cifar_net(rng), str(model))
-        np.savez(calib, x=rng.random((SAMPLES, 3, 32, 32), dtype=np.float32))
+        np.savez(calib, x=rng.random((SAMPLES, 3, 32, 32), dtype=np.float32)[:args.samples])
         for T in [int(t) for t in args.T.split(",")]:
-            res = {job: run_job(job, model, calib, T, budget)
-                   for job in args.jobs.split(",")}
+            res = {}
+            for job in args.jobs.split(","):
+                res[job] = run_job(job, model, calib, T, budget)
+                if args.before:
+                    res[f"before: {job}"] = run_job(job, model, calib, T, budget, args.before)
             rows.append((T, res))
             sys.stderr.write(json.dumps({"T": T, **res}) + "\n")
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     out = [f"Command: `python benchmarks/calibration_cost.py --T {args.T} --max-memory "
            f"{args.max_memory} --jobs {args.jobs}`; {date}; 2-core shared CPU, no GPU; "
-           f"threads=1, batch 128, {SAMPLES} samples.", "",
+           f"threads=1, batch 128, {args.samples} samples.", "",
            "| T | job | seconds | / SNN pass | CPU seconds | / SNN pass (CPU) | peak RSS (MB) "
-           "| spike caches peak (MiB) |", "|---|---|---|---|---|---|---|---|"]
+           "| spike caches peak (MiB) | parameters (sha256) |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for T, res in rows:
-        unit, cpu_unit = res["snn"]["seconds"], res["snn"]["cpu"]
         for job, r in res.items():
+            before = "before: " if job.startswith("before: ") else ""
+            unit, cpu_unit = res[f"{before}snn"]["seconds"], res[f"{before}snn"]["cpu"]
             cache = r.get("spike_cache_bytes")
             out.append(f"| {T} | {job} | {r['seconds']:.1f} | {r['seconds'] / unit:.2f} | "
                        f"{r['cpu']:.1f} | {r['cpu'] / cpu_unit:.2f} | {r['rss_mb']:.0f} | "
-                       f"{'-' if cache is None else f'{cache / 2**20:.1f}'} |")
-        default = res.get("default", {})
-        for key, sec in default.get("phases", {}).items():
-            c = default["cpu_phases"][key]
-            out.append(f"| {T} | default: {key} | {sec:.1f} | {sec / unit:.2f} | {c:.1f} | "
-                       f"{c / cpu_unit:.2f} | | |")
+                       f"{'-' if cache is None else f'{cache / 2**20:.1f}'} | "
+                       f"{r.get('params_sha256', '-')} |")
+            for key, sec in r.get("phases", {}).items() if job.endswith("default") else ():
+                c = r["cpu_phases"][key]
+                out.append(f"| {T} | {job}: {key} | {sec:.1f} | {sec / unit:.2f} | {c:.1f} | "
+                           f"{c / cpu_unit:.2f} | | | |")
     sys.stdout.write("\n".join(out) + "\n")
 
 

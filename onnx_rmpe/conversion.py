@@ -41,7 +41,8 @@ from onnx_rmpe.runtime.memory import default_budget
 from onnx_rmpe.runtime.neurons import DEFAULT_PHI
 from onnx_rmpe.runtime.options import RuntimeOptions
 from onnx_rmpe.runtime.session import Device
-from onnx_rmpe.thresholds import ThresholdReport, search_thresholds, set_thresholds
+from onnx_rmpe.thresholds import ThresholdReport, set_thresholds
+from onnx_rmpe.thresholds import search as search_thresholds_and_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -217,13 +218,17 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     search: list[ThresholdReport] = []
     refined: list[RefineReport] = []
     run = dict(batch_size=batch_size, threads=threads, device=device, max_memory=max_memory)
+    uncalibrated = None
     if thresholds != "percentile" and get_metadata(qcfs).get(
             "onnx_rmpe.thresholds_from") == "percentile":
         # post-training thresholds only: trained (fine-tuned) ones are the model's own
-        chosen, search = search_thresholds(snn, qcfs, data, T=T, phi=DEFAULT_PHI,
-                                           batch_size=batch_size, threads=threads,
-                                           device=device, max_memory=max_memory)
-        if thresholds == "refine" and T <= REFINE_MAX_T:
+        refining = thresholds == "refine" and T <= REFINE_MAX_T
+        # without refinement the search's spikes are the uncalibrated SNN's: RMPE's check
+        # takes that SNN's outputs from them instead of running it once more
+        found = search_thresholds_and_outputs(snn, qcfs, data, T=T, phi=DEFAULT_PHI,
+                                              outputs=rmpe and not refining, **run)
+        chosen, search, uncalibrated = found.thresholds, found.reports, found.outputs
+        if refining:
             chosen, report = refine_before_rmpe(qcfs, chosen, data,
                                                 to_snn=lambda q: qcfs_to_snn(q, T=T), **run)
             refined.append(report)
@@ -238,7 +243,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
                                 reference=qcfs if is_qcfs(proto) else
                                 qcfs_with_levels(qcfs, CLIP_LEVELS),
                                 threads=threads, device=device, max_memory=max_memory,
-                                progress=progress)
+                                progress=progress, uncalibrated_outputs=uncalibrated)
         snn = calibration.snn
         if refined:
             snn, qcfs, chosen, report = refine_after_rmpe(snn, qcfs, chosen, data, **run)

@@ -21,9 +21,10 @@ float rounding (batch size, machine) cannot flip a near-tie.
 Invariant: every returned threshold is positive and its layer error is at most the
 error of the percentile start, measured on the same inputs.
 
-Cost: one ReLU ANN pass (its activations memory-mapped on disk) plus, per layer, one
-segment pass (currents kept in memory up to ``CURRENT_CACHE_BYTES``) and
-``len(SCALES) + len(REFINE) + 1`` neuron simulations.
+Cost: one ReLU ANN pass (its activations in files, read batch by batch) plus, per layer,
+one segment pass (currents kept in memory up to ``CURRENT_CACHE_BYTES``, else in a file up
+to ``DISK_CURRENT_BYTES``) and ``len(SCALES) + len(REFINE) + 1`` neuron simulations (the
+candidates' spike counts from one read of each batch, :func:`runtime.simulate.count_if`).
 """
 
 from __future__ import annotations
@@ -36,16 +37,17 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnx_rmpe.calibration.sweep import CURRENT_CACHE_BYTES
+from onnx_rmpe.calibration.sweep import CURRENT_CACHE_BYTES, DISK_CURRENT_BYTES
 from onnx_rmpe.data import Dataset
 from onnx_rmpe.outputs import WORK_PREFIX
 from onnx_rmpe.runtime.feeder import SegmentFeeder as _Feeder
-from onnx_rmpe.runtime.feeder import ram_cache as _ram_cache
-from onnx_rmpe.runtime.memory import cache_limit, plan_batch
-from onnx_rmpe.runtime.neurons import DOMAIN, QCFS_OP, if_reference
-from onnx_rmpe.runtime.segments import segments
+from onnx_rmpe.runtime.feeder import current_cache
+from onnx_rmpe.runtime.memory import cache_limit, plan_batch_within
+from onnx_rmpe.runtime.neurons import DOMAIN, QCFS_OP
+from onnx_rmpe.runtime.segments import Segment, readout_segment, segments
 from onnx_rmpe.runtime.session import Device, batches, make_session
-from onnx_rmpe.runtime.spike_cache import SpikeStore
+from onnx_rmpe.runtime.simulate import count_if, simulate_if
+from onnx_rmpe.runtime.spike_cache import DiskArray, SpikeStore
 from onnx_rmpe.runtime.statistics import expose_outputs
 
 logger = logging.getLogger(__name__)
@@ -82,6 +84,16 @@ def relu_reference(qcfs: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+@dataclass
+class ThresholdSearch:
+    """What :func:`search` found: thresholds by layer name, one report per layer and, when
+    asked for, the first output of the SNN with those thresholds (``v_init = 0``)."""
+
+    thresholds: dict[str, float]
+    reports: list[ThresholdReport]
+    outputs: np.ndarray | None = None
+
+
 def search_thresholds(snn: onnx.ModelProto, qcfs: onnx.ModelProto, data: Dataset, *, T: int,
                       phi: float, batch_size: int = 128, threads: int | None = None,
                       device: Device = "cpu", max_memory: int | None = None
@@ -91,25 +103,42 @@ def search_thresholds(snn: onnx.ModelProto, qcfs: onnx.ModelProto, data: Dataset
     ``snn`` is the uncalibrated SNN of ``qcfs`` (its thresholds are the starts). Returns
     ``{layer name: theta}`` and one :class:`ThresholdReport` per layer.
     """
+    found = search(snn, qcfs, data, T=T, phi=phi, batch_size=batch_size, threads=threads,
+                   device=device, max_memory=max_memory)
+    return found.thresholds, found.reports
+
+
+def search(snn: onnx.ModelProto, qcfs: onnx.ModelProto, data: Dataset, *, T: int, phi: float,
+           batch_size: int = 128, threads: int | None = None, device: Device = "cpu",
+           max_memory: int | None = None, outputs: bool = False) -> ThresholdSearch:
+    """:func:`search_thresholds`, and with ``outputs`` also the first output of the SNN with
+    the chosen thresholds (the readout segment run on the chosen spikes the search kept:
+    the uncalibrated SNN's outputs, which RMPE's check compares with, without another SNN
+    pass)."""
     start_time = time.perf_counter()
-    batch_size = plan_batch(snn, batch_size, max_memory, what=f"the threshold search (T={T})")
     current_bytes = cache_limit(max_memory, CURRENT_CACHE_BYTES)
+    batch_size = plan_batch_within(snn, batch_size, max_memory, reserved=current_bytes,
+                                   what=f"the threshold search (T={T})")
     segs = segments(snn)
     names = [s.layer.name for s in segs]
     thetas = {s.layer.spikes: float(s.layer.theta) for s in segs}
     last_use = {name: i for i, s in enumerate(segs) for name in s.spike_inputs}
+    readout = readout_segment(snn) if outputs else None
+    if readout is not None:
+        last_use.update({name: len(segs) for name in readout.spike_inputs})
     chosen: dict[str, float] = {}
     reports = []
     with tempfile.TemporaryDirectory(prefix=WORK_PREFIX) as cache_dir:
-        store = SpikeStore(cache_dir)
+        store, disk = SpikeStore(cache_dir), SpikeStore(cache_dir, "currents")
         targets = _relu_activations(relu_reference(qcfs), data, names, batch_size, threads,
-                                    device, cache_dir)
+                                    device, SpikeStore(cache_dir, "relu"))
         caches: dict[str, np.ndarray] = {}
         for i, seg in enumerate(segs):
             layer = seg.layer
             session = make_session(seg.model, threads=threads, device=device)
-            feed = _Feeder(seg, session, data, caches, thetas, T, store=lambda shape: _ram_cache(
-                (T, len(data)) + shape, current_bytes))
+            feed = _Feeder(seg, session, data, caches, thetas, T, store=lambda shape, seg=seg:
+                           current_cache(seg, (T, len(data)) + shape, current_bytes, disk,
+                                         DISK_CURRENT_BYTES))
             start = float(layer.theta)
             candidates = [start * s for s in SCALES]
             errors = _errors(feed, targets[layer.name], candidates, T, phi, batch_size)
@@ -120,19 +149,35 @@ def search_thresholds(snn: onnx.ModelProto, qcfs: onnx.ModelProto, data: Dataset
             theta = candidates[best]
             chosen[layer.name] = theta
             thetas[layer.spikes] = theta
-            n = targets[layer.name].size
+            n = int(np.prod(targets[layer.name].shape, dtype=np.int64))
             reports.append(ThresholdReport(layer.name, start, theta, errors[0] / n,
                                            errors[best] / n))
             logger.debug("thresholds: %s %.4g -> %.4g (error %.4g -> %.4g)", layer.name, start,
                          theta, errors[0] / n, errors[best] / n)
             if last_use.get(layer.spikes, -1) > i:
                 caches[layer.spikes] = _spikes(feed, theta, T, phi, batch_size, store)
+            feed.close()
             for name in [k for k, last in last_use.items() if last == i and k in caches]:
                 store.free(caches.pop(name))
+        found = ThresholdSearch(chosen, reports)
+        if readout is not None:
+            found.outputs = _readout(readout, data, caches, thetas, T, batch_size, threads,
+                                     device)
+        for cache in [*caches.values(), *targets.values()]:
+            store.free(cache)
         del targets, caches
     logger.info("thresholds for T=%d chosen for %d layer(s) on %d samples in %.1fs", T,
                 len(chosen), len(data), time.perf_counter() - start_time)
-    return chosen, reports
+    return found
+
+
+def _readout(readout: Segment, data: Dataset, caches, thetas, T: int, batch_size: int,
+             threads: int | None, device: Device) -> np.ndarray:
+    """The readout segment's output (the SNN's first output) on the cached spikes."""
+    session = make_session(readout.model, threads=threads, device=device)
+    feed = _Feeder(readout, session, data, caches, thetas, T)
+    return np.concatenate([session.run([readout.layer.current], feed.inputs(sl))[0]
+                           for sl in batches(len(data), batch_size)])
 
 
 def _argmin(errors: list[float]) -> int:
@@ -144,16 +189,17 @@ def _argmin(errors: list[float]) -> int:
     return best
 
 
-def _errors(feed: _Feeder, target: np.ndarray, candidates: list[float], T: int, phi: float,
+def _errors(feed: _Feeder, target, candidates: list[float], T: int, phi: float,
             batch_size: int) -> list[float]:
-    """Summed squared error of the layer's rate against ``target`` for each candidate."""
+    """Summed squared error of the layer's rate against ``target`` for each candidate
+    (spike counts of all candidates from one read of each batch's currents)."""
     errors = np.zeros(len(candidates), np.float64)
     for sl in batches(len(feed.ds), batch_size):
         x = feed.current(sl)
-        t = np.asarray(target[sl], np.float32)
-        for k, theta in enumerate(candidates):
-            spikes, _ = if_reference(x, theta, 0.0, phi)
-            rate = np.count_nonzero(spikes, axis=0).astype(np.float32) * np.float32(theta / T)
+        t = np.asarray(target[:, sl][0], np.float32)
+        counts, _ = count_if(x, candidates, phi)
+        for k, (theta, count) in enumerate(zip(candidates, counts)):
+            rate = count.astype(np.float32) * np.float32(theta / T)
             errors[k] += float(np.square(rate - t, dtype=np.float64).sum())
     feed.finish_pass()
     return errors.tolist()
@@ -165,7 +211,7 @@ def _spikes(feed: _Feeder, theta: float, T: int, phi: float, batch_size: int,
     disk)."""
     out = None
     for sl in batches(len(feed.ds), batch_size):
-        spikes, _ = if_reference(feed.current(sl), theta, 0.0, phi)
+        spikes, _ = simulate_if(feed.current(sl), theta, 0.0, phi)
         if out is None:
             out = store.new((T, len(feed.ds)) + spikes.shape[2:])
         out[:, sl] = spikes
@@ -175,20 +221,19 @@ def _spikes(feed: _Feeder, theta: float, T: int, phi: float, batch_size: int,
 
 def _relu_activations(relu: onnx.ModelProto, data: Dataset, names: list[str], batch_size: int,
                       threads: int | None, device: Device,
-                      cache_dir: str) -> dict[str, np.ndarray]:
-    """Per-sample ReLU ANN activations of the layers ``names`` (memory-mapped, float32)."""
+                      store: SpikeStore) -> dict[str, DiskArray]:
+    """Per-sample ReLU ANN activations of the layers ``names`` (``[1, samples, ...]``
+    float32 files of ``store``, read batch by batch)."""
     outputs = {n.name: n.output[0] for n in relu.graph.node}
     tensors = [outputs[n] for n in names]
     session = make_session(expose_outputs(relu, tensors), threads=threads, device=device)
     input_name = session.get_inputs()[0].name
-    result: dict[str, np.ndarray] = {}
+    result: dict[str, DiskArray] = {}
     for sl in batches(len(data), batch_size):
         for name, value in zip(names, session.run(tensors, {input_name: data.x[sl]})):
             if name not in result:
-                path = f"{cache_dir}/relu_{len(result)}.npy"
-                result[name] = np.lib.format.open_memmap(
-                    path, mode="w+", dtype=np.float32, shape=(len(data),) + value.shape[1:])
-            result[name][sl] = value
+                result[name] = store.new((1, len(data)) + value.shape[1:], DiskArray)
+            result[name][:, sl] = value[None]
     return result
 
 
@@ -208,5 +253,5 @@ def set_thresholds(qcfs: onnx.ModelProto, thresholds: dict[str, float]) -> onnx.
     return model
 
 
-__all__ = ["REFINE", "SCALES", "ThresholdReport", "relu_reference", "search_thresholds",
-           "set_thresholds"]
+__all__ = ["REFINE", "SCALES", "ThresholdReport", "ThresholdSearch", "relu_reference", "search",
+           "search_thresholds", "set_thresholds"]

@@ -101,6 +101,29 @@ def plan_batch(model: onnx.ModelProto, batch_size: int, budget: int | None, *,
     return int(min(batch_size, fits))
 
 
+def resident_bytes() -> int:
+    """The process's resident memory now (``VmRSS``; 0 where /proc is not available)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def plan_batch_within(model: onnx.ModelProto, batch_size: int, budget: int | None, *,
+                      what: str, reserved: int = 0) -> int:
+    """:func:`plan_batch` for a run inside a process that already holds memory and keeps
+    ``reserved`` bytes beside its batches (caches): the batches get the budget minus both,
+    so the process's peak stays near the budget; at least a quarter of the budget, so a
+    budget below what the process itself needs still runs (with small batches)."""
+    budget = default_budget() if budget is None else budget
+    room = max(budget - reserved - resident_bytes(), budget // 4)
+    return plan_batch(model, batch_size, room, what=what)
+
+
 def cache_limit(budget: int | None, default: int) -> int:
     """Bytes a run may keep in RAM beside its batches: ``default``, at most a quarter of the
     budget."""

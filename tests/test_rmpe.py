@@ -168,15 +168,39 @@ def test_check_accepts_a_calibration_that_brings_the_ann_closer(plain_and_calibr
 
 def test_current_cache_and_rerun_give_the_same_calibration(plain_and_calibrated, digits_data,
                                                            monkeypatch):
-    """Reading the cached input currents or running the segment again: same potentials."""
+    """Input currents kept in memory, in a file, or the segment run again: bit-identical
+    potentials."""
     from onnx_rmpe.calibration import job as cal  # the module that reads the limit
+    from onnx_rmpe.calibration import sweep
     (x, _), _ = digits_data
     plain, _ = plain_and_calibrated
     cached = calibrate(plain.snn, plain.qcfs, x[:200], check=False)
     monkeypatch.setattr(cal, "CURRENT_CACHE_BYTES", 0)
+    on_disk = calibrate(plain.snn, plain.qcfs, x[:200], check=False)
+    monkeypatch.setattr(sweep, "DISK_CURRENT_BYTES", 0)
     rerun = calibrate(plain.snn, plain.qcfs, x[:200], check=False)
-    for a, b in zip(if_nodes(to_graph(cached.snn)), if_nodes(to_graph(rerun.snn))):
+    layers = if_nodes(to_graph(cached.snn))
+    assert max(float(np.abs(n.inputs[2].values).max()) for n in layers) > 0.01
+    for other in (on_disk, rerun):
+        for a, b in zip(layers, if_nodes(to_graph(other.snn))):
+            np.testing.assert_array_equal(a.inputs[2].values, b.inputs[2].values)
+
+
+def test_check_takes_the_uncalibrated_outputs_from_the_caller(plain_and_calibrated,
+                                                              digits_data):
+    """Given the uncalibrated SNN's outputs (as convert gives them from the threshold
+    search), the check decides on the same errors and the potentials are the same."""
+    from onnx_rmpe.errors import ConversionError
+    (x, _), _ = digits_data
+    plain, calibrated = plain_and_calibrated
+    given = calibrate(plain.snn, plain.qcfs, x[:512], batch_size=100,
+                      uncalibrated_outputs=run(plain.snn, x[:512])[0])
+    assert given.check["before"] == pytest.approx(calibrated.check["before"], rel=1e-5)
+    assert given.check["after"] == calibrated.check["after"] and given.accepted
+    for a, b in zip(if_nodes(to_graph(calibrated.snn)), if_nodes(to_graph(given.snn))):
         np.testing.assert_array_equal(a.inputs[2].values, b.inputs[2].values)
+    with pytest.raises(ConversionError, match="uncalibrated_outputs has 10 rows"):
+        calibrate(plain.snn, plain.qcfs, x[:20], uncalibrated_outputs=np.zeros((10, 10)))
 
 
 def test_check_reads_the_calibrated_outputs_from_the_spike_caches(plain_and_calibrated,

@@ -116,3 +116,21 @@ def test_unknown_threshold_mode_is_an_option_error(resnet, digits_data):
     (x, _), _ = digits_data
     with pytest.raises(OptionError, match="thresholds"):
         convert(resnet, T=2, calib=x[:64], thresholds="best")
+
+
+def test_search_gives_the_outputs_of_the_snn_it_chose(converted, digits_data):
+    """The readout on the search's own spike caches is the SNN with the chosen thresholds,
+    run end to end (relative tolerance 1e-5: the readout segment may pick other kernels);
+    the thresholds are those convert chose (at another batch size)."""
+    from onnx_rmpe.convert import qcfs_to_snn
+    from onnx_rmpe.data import load_data
+    from onnx_rmpe.thresholds import search
+    (x, _), _ = digits_data
+    plain, searched = converted
+    found = search(plain.snn, plain.qcfs, load_data(x[:256]), T=T, phi=0.5, batch_size=100,
+                   threads=1, outputs=True)
+    assert found.thresholds == pytest.approx(searched.thresholds, rel=1e-6)
+    snn = qcfs_to_snn(set_thresholds(plain.qcfs, found.thresholds), T=T)
+    expected = run(snn, x[:256])[0]
+    assert found.outputs.shape == expected.shape and np.abs(expected).max() > 0.1
+    np.testing.assert_allclose(found.outputs, expected, rtol=1e-5, atol=1e-5)

@@ -14,15 +14,19 @@ For each IF layer ``l`` in topological order, with layers ``1..l-1`` already cal
    varies, as at T <= 2), and cache the layer's spikes (bool, on disk) for the layers
    that read them; drop caches no later layer needs.
 
-Spike caches hold one bit per spike (:mod:`onnx_rmpe.runtime.spike_cache`); a cache's
-file is deleted as soon as no later layer reads it, and the peak disk use is reported
-(``CalibrationResult.spike_cache_bytes``).
+Spike caches hold one bit per spike (:mod:`onnx_rmpe.runtime.spike_cache`), in files read
+and written with ``pread``/``pwrite`` (not memory-mapped, so they do not count in the
+process's resident memory); a cache's file is deleted as soon as no later layer reads it,
+and the peak disk use is reported (``CalibrationResult.spike_cache_bytes``).
 
 Cost: one ANN pass, one pass of each segment (its input currents are kept for the second
-simulation, up to ``CURRENT_CACHE_BYTES`` for one layer at a time) and two neuron
-simulations per layer; memory:
-running sums plus the spike caches of the open layers, memory-mapped from a temporary
-directory, so RAM does not grow with the number of samples.
+simulation: in memory up to ``CURRENT_CACHE_BYTES``, else in a file up to
+``DISK_CURRENT_BYTES``) and two neuron simulations per layer (numpy, in blocks that stay
+in the CPU cache, :func:`onnx_rmpe.runtime.simulate.simulate_if`); the two spike trains
+are merged on their packed bits. The check runs the ANN once and the readout segment on
+the cached spikes; ``convert`` hands it the uncalibrated SNN's outputs from the threshold
+search, so no whole SNN runs. Memory: the batches get the budget minus the process's
+resident memory and the current cache (:func:`onnx_rmpe.runtime.memory.plan_batch_within`).
 
 The package splits the job: :mod:`.targets` (the ANN targets), :mod:`.sweep` (the
 layer-by-layer sweep), :mod:`.check` (the final check), :mod:`.results`, :mod:`.job`

@@ -25,7 +25,8 @@ UNROLL_MAX_T = 64
 
 def _check(result: CalibrationResult, before: onnx.ModelProto, reference: onnx.ModelProto,
            ds: Dataset, batch_size: int, threads: int | None, device: Device,
-           calibrated: np.ndarray | None = None) -> onnx.ModelProto:
+           calibrated: np.ndarray | None = None,
+           uncalibrated: np.ndarray | None = None) -> onnx.ModelProto:
     """Keep the calibrated SNN unless it is significantly farther from the ANN than before.
 
     The measure is continuous and paired: per sample ``i``, the change
@@ -39,12 +40,15 @@ def _check(result: CalibrationResult, before: onnx.ModelProto, reference: onnx.M
     ``1/n`` and is too coarse to decide by.
 
     ``calibrated``: the calibrated SNN's outputs when the sweep already computed them from
-    its spike caches (else the calibrated SNN runs here); the SNN before calibration runs in
-    its network-unrolled form for T <= 64 (the same outputs as the multi-step form, faster).
+    its spike caches (else the calibrated SNN runs here); ``uncalibrated``: the outputs of
+    ``before`` when the caller has them (the threshold search computes them from its spike
+    caches); else the SNN before calibration runs in its network-unrolled form for T <= 64
+    (the same outputs as the multi-step form, faster).
     """
     target = _outputs(_fast_form(reference), ds, batch_size, threads, device)
     classes = ds.y if ds.y is not None else target.argmax(-1)
-    outputs = {"before": _outputs(_fast_form(before), ds, batch_size, threads, device),
+    outputs = {"before": uncalibrated if uncalibrated is not None else
+               _outputs(_fast_form(before), ds, batch_size, threads, device),
                "after": calibrated if calibrated is not None else
                _outputs(_fast_form(result.snn), ds, batch_size, threads, device)}
     sq = {name: ((out - target).astype(np.float64) ** 2).reshape(len(out), -1).sum(1)

@@ -33,7 +33,7 @@ from onnx_rmpe.modelio import (
 )
 from onnx_rmpe.outputs import WORK_PREFIX, check_outputs
 from onnx_rmpe.passes.rmpe import set_initial_potentials
-from onnx_rmpe.runtime.memory import cache_limit, plan_batch
+from onnx_rmpe.runtime.memory import cache_limit, plan_batch, plan_batch_within
 from onnx_rmpe.runtime.neurons import DEFAULT_PHI, IF_OP, QCFS_OP
 from onnx_rmpe.runtime.options import RuntimeOptions
 from onnx_rmpe.runtime.progress import progress_bar
@@ -62,7 +62,8 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
               threads: int | None = None, device: Device = "cpu",
               providers: Sequence[str] | None = None, max_memory: int | None = None,
               runtime: RuntimeOptions | None = None,
-              progress: bool = False) -> CalibrationResult:
+              progress: bool = False,
+              uncalibrated_outputs: np.ndarray | None = None) -> CalibrationResult:
     """Calibrate the initial potentials of ``snn`` against its QCFS ANN on ``data``.
 
     ``snn`` and ``qcfs`` (models or paths) come from :func:`onnx_rmpe.convert`; layers are
@@ -81,7 +82,9 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
     L).
     ``output`` (if given) receives the calibrated SNN, written only on
     success; it may not be one of the inputs. ``max_memory`` (bytes; default half the
-    available memory) bounds the batch size of the SNN runs.
+    available memory) bounds the batch size of the SNN runs. ``uncalibrated_outputs``: the
+    first output of ``snn`` on the first ``samples`` of ``data`` when the caller has it
+    (``convert`` takes it from the threshold search), so the check does not run ``snn``.
     """
     batch_size, threads, device, max_memory = RuntimeOptions.resolve(
         runtime, batch_size=batch_size, threads=threads, device=device, providers=providers,
@@ -100,8 +103,16 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
     _check_kinds(snn, snn_name, qcfs, qcfs_name)
     ds = load_data(data).head(samples)
     check_fits(ds, qcfs)
+    if uncalibrated_outputs is not None and len(uncalibrated_outputs) != len(ds):
+        raise ConversionError(f"uncalibrated_outputs has {len(uncalibrated_outputs)} rows for "
+                              f"{len(ds)} calibration samples; give the outputs of the same "
+                              "samples or leave it out")
     T, phi = _snn_settings(snn)
+    # the ANN targets (float64 sums per batch) at the batch planned for the SNN alone, as
+    # before; the sweep and the check (batch-independent figures) in what the process leaves
     batch_size = plan_batch(snn, batch_size, max_memory, what=f"the SNN (T={T})")
+    snn_batch = plan_batch_within(snn, batch_size, max_memory, what=f"the SNN (T={T})",
+                                  reserved=cache_limit(max_memory, CURRENT_CACHE_BYTES))
     segs = segments(snn)
     levels = int(neuron_attributes(qcfs, QCFS_OP).get("levels", T))
     if target_levels is None:
@@ -116,7 +127,7 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
         store = SpikeStore(cache_dir)
         readout = readout_segment(snn) if check else None
         for sweep in range(sweeps):
-            settings = SweepSettings(T, phi, granularity, batch_size,
+            settings = SweepSettings(T, phi, granularity, snn_batch,
                                      cache_limit(max_memory, CURRENT_CACHE_BYTES),
                                      threads, device)
             # the last sweep also keeps the spikes the output reads: the check's calibrated
@@ -131,8 +142,8 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
     result = CalibrationResult(out, reports, T, len(ds), provider=provider,
                                spike_cache_bytes=store.peak_bytes)
     if check:
-        out = _check(result, snn, reference or qcfs, ds, batch_size, threads, device,
-                     calibrated)
+        out = _check(result, snn, reference or qcfs, ds, snn_batch, threads, device,
+                     calibrated, uncalibrated_outputs)
     if not result.accepted and meta.get("onnx_rmpe.rmpe") == "layerwise":
         # a rejected recalibration keeps the earlier calibration: say so, keep its record
         set_metadata(out, "onnx_rmpe.rmpe_recalibration",

@@ -12,17 +12,21 @@ import numpy as np
 
 from onnx_rmpe.calibration.results import LayerReport
 from onnx_rmpe.data import Dataset
-from onnx_rmpe.runtime.feeder import SegmentFeeder, ram_cache
+from onnx_rmpe.runtime.feeder import SegmentFeeder, current_cache
 from onnx_rmpe.runtime.segments import Layer, Segment
 from onnx_rmpe.runtime.session import Device, batches, make_session
 from onnx_rmpe.runtime.simulate import simulate_if
+from onnx_rmpe.runtime.spike_cache import SpikeStore, merge_packed
 
 logger = logging.getLogger(__name__)
 
 
 #: Largest input-current cache of one layer (bytes, in memory, freed after the layer);
-#: beyond it the second pass runs the segment again instead.
+#: beyond it the currents go to a file (up to ``DISK_CURRENT_BYTES``), beyond that the
+#: second pass runs the segment again instead.
 CURRENT_CACHE_BYTES = 256 << 20
+#: Largest input-current file of one layer (bytes on disk, deleted after the layer).
+DISK_CURRENT_BYTES = 4 << 30
 
 
 @dataclass(frozen=True)
@@ -53,12 +57,14 @@ def _sweep(segs: list[Segment], ds: Dataset, targets, v_inits, settings: SweepSe
     if readout is not None:
         last_use.update({name: len(segs) for name in readout.spike_inputs})
     reports = []
+    disk = SpikeStore(store.directory, "currents")  # currents on disk between the passes
     for i, seg in enumerate(segs):
         layer, target, v_prev = seg.layer, targets[seg.layer.name], v_inits[seg.layer.name]
         session = make_session(seg.model, threads=threads, device=device)
         task = bar.add_task(f"sweep {sweep + 1}: {layer.name}", total=2 * len(ds))
-        feed = SegmentFeeder(seg, session, ds, caches, thetas, T,
-                       store=lambda shape: ram_cache((T, len(ds)) + shape, current_bytes))
+        feed = SegmentFeeder(seg, session, ds, caches, thetas, T, store=lambda shape, seg=seg:
+                             current_cache(seg, (T, len(ds)) + shape, current_bytes, disk,
+                                           DISK_CURRENT_BYTES))
         keep = last_use.get(layer.spikes, -1) > i
         cache = (lambda shape: store.new((T, len(ds)) + shape)) if keep else None
         r_prev, spikes_prev = _simulate(feed, layer, v_prev, T, phi, batch_size, bar, task, cache)
@@ -70,6 +76,7 @@ def _sweep(segs: list[Segment], ds: Dataset, targets, v_inits, settings: SweepSe
             _granular(np.abs(target - r_prev), granularity)
         v_inits[layer.name] = np.where(better, v_new, v_prev).astype(np.float32)
         r_after = np.where(better, r_new, r_prev)
+        feed.close()
         if keep:
             caches[layer.spikes] = _merge(spikes_new, spikes_prev, better, batch_size)
             store.free(spikes_prev)
@@ -97,9 +104,12 @@ def _granular(values: np.ndarray, granularity: str) -> np.ndarray:
         return values.mean(axis=tuple(range(1, values.ndim)), keepdims=True)
     return values
 
-def _merge(chosen: np.ndarray, other: np.ndarray, better: np.ndarray,
-           batch_size: int) -> np.ndarray:
-    """Spikes of the chosen initial potential per neuron: ``chosen`` where ``better``."""
+def _merge(chosen, other, better: np.ndarray, batch_size: int):
+    """Spikes of the chosen initial potential per neuron: ``chosen`` where ``better``
+    (on the packed bits of spike caches; plain arrays as they are)."""
+    if hasattr(chosen, "read_raw") and hasattr(other, "read_raw"):
+        return merge_packed(chosen, other, np.broadcast_to(better, chosen.shape[2:]),
+                            batch_size)
     for sl in batches(chosen.shape[1], batch_size):
         chosen[:, sl] = np.where(better, chosen[:, sl], other[:, sl])
     return chosen
