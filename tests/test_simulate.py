@@ -93,7 +93,7 @@ def test_disk_array_and_packed_merge(tmp_path):
 def test_batch_plan_leaves_room_for_the_process_and_the_caches(resnet, digits_data):
     """The calibration's batches get the budget minus the process's resident memory and
     the caches it keeps (at least a quarter of the budget)."""
-    from onnx_rmpe.convert import convert
+    from onnx_rmpe.conversion import convert
     from onnx_rmpe.runtime.memory import bytes_per_sample, plan_batch_within, resident_bytes
     (x, _), _ = digits_data
     snn = convert(resnet, T=16, calib=x[:32], rmpe=False, thresholds="percentile").snn

@@ -122,7 +122,7 @@ def test_search_gives_the_outputs_of_the_snn_it_chose(converted, digits_data):
     """The readout on the search's own spike caches is the SNN with the chosen thresholds,
     run end to end (relative tolerance 1e-5: the readout segment may pick other kernels);
     the thresholds are those convert chose (at another batch size)."""
-    from onnx_rmpe.convert import qcfs_to_snn
+    from onnx_rmpe.conversion import qcfs_to_snn
     from onnx_rmpe.data import load_data
     from onnx_rmpe.thresholds import search
     (x, _), _ = digits_data
