@@ -50,7 +50,8 @@ def channel_percentiles(model: onnx.ModelProto, x: np.ndarray, tensors: Sequence
                     pos &= rng.random(row.shape) < per / np.maximum(count, 1)
                 c, _ = np.nonzero(pos)
                 values[name].append(row[pos].astype(np.float32))
-                channels[name].append(c.astype(np.int32))
+                channels[name].append(c.astype(np.uint16 if rows.shape[1] < 2**16
+                                                        else np.int32))
     return {name: _per_channel(np.concatenate(values[name]), np.concatenate(channels[name]),
                                sizes[name], percentile) for name in tensors}
 
