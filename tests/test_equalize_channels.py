@@ -142,3 +142,26 @@ def test_layer_read_by_an_add_is_left_as_it_is():
                reference=False)
     assert len(equalize.skipped) == 2 and all("Add" in r for r in equalize.skipped), \
         equalize.skipped
+
+
+@pytest.mark.parametrize("flag", ["--per-channel", "--per-layer"])
+def test_cli_per_layer_flag(tmp_path, flag):
+    """``--per-layer`` writes the QCFS ANN of one threshold per layer, the default per channel."""
+    from click.testing import CliRunner
+
+    from onnx_rmpe.cli.main import cli
+
+    rng = np.random.default_rng(3)
+    ann = dense_like(rng)
+    onnx.save(ann, tmp_path / "net.onnx")
+    x = _data(rng, 64)
+    np.savez(tmp_path / "calib.npz", x=x)
+    result = CliRunner().invoke(cli, [
+        "convert", str(tmp_path / "net.onnx"), "--T", "4", "--calib", str(tmp_path / "calib.npz"),
+        "--no-rmpe", "--thresholds", "percentile", "--threads", "1", flag,
+        "--save-qcfs", str(tmp_path / "q.onnx")])
+    assert result.exit_code == 0, result.output
+    saved = onnx.load(tmp_path / "q.onnx")
+    want, _ = build_qcfs(ann, Dataset(x), levels=8, threads=1,
+                         per_channel=flag == "--per-channel")
+    np.testing.assert_allclose(run(saved, x)[0], run(want, x)[0], rtol=0, atol=1e-5)
