@@ -129,7 +129,7 @@ def _channel_ranges(relu_model: onnx.ModelProto, data: Dataset, sites, **options
     """Per-channel thresholds ``min(percentile_c, cap)`` of each activation site."""
     pct = channel_percentiles(relu_model, data.x, [s.pre_activation for s in sites], **options)
     return {s.node: np.minimum(pct[s.pre_activation], np.inf if s.cap is None else s.cap)
-            for s in sites}
+            for s in sites if s.pre_activation in pct}
 
 
 #: Thresholds outside this range are reported: usually uninitialised or constant weights.

@@ -134,6 +134,8 @@ def _concat(node: gs.Node, tensor: gs.Tensor, factor: np.ndarray, found: list,
         return f"Concat '{node.name}' has inputs of unknown channel count"
     full = np.ones(sum(sizes))
     for i, t in enumerate(node.inputs):
+        if t is tensor and sizes[i] != factor.size:
+            return f"Concat '{node.name}' input {i} has {sizes[i]} channels, not {factor.size}"
         if t is tensor:
             start = sum(sizes[:i])
             full[start:start + sizes[i]] *= factor

@@ -28,10 +28,12 @@ logger = logging.getLogger(__name__)
 def channel_percentiles(model: onnx.ModelProto, x: np.ndarray, tensors: Sequence[str], *,
                         percentile: float = 99.9, batch_size: int = 128,
                         max_values: int = 4_000_000, seed: int = 0, threads: int | None = None,
-                        device: Device = "cpu") -> dict[str, np.ndarray]:
+                        device: Device = "cpu", min_rank: int = 3) -> dict[str, np.ndarray]:
     """The ``percentile`` of the positive values of each channel (axis 1) of each tensor.
 
-    Returns ``{tensor: array [C]}``; a channel with no positive value gets NaN.
+    Returns ``{tensor: array [C]}`` for the tensors of rank ``min_rank`` or more (feature
+    maps: a channel has many values per sample; a dense layer's feature has one, too few
+    for a per-feature percentile); a channel with no positive value gets NaN.
     """
     session = make_session(expose_outputs(model, tensors), threads=threads, device=device)
     values: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
@@ -39,6 +41,8 @@ def channel_percentiles(model: onnx.ModelProto, x: np.ndarray, tensors: Sequence
     sizes: dict[str, int] = {}
     for sl, outs in run_batched(session, x, list(tensors), batch_size=batch_size):
         for k, (name, v) in enumerate(zip(tensors, outs)):
+            if v.ndim < min_rank:
+                continue
             rows = v.reshape(v.shape[0], v.shape[1], -1)
             sizes[name] = rows.shape[1]
             per = max(1, max_values // max(len(x) * rows.shape[1], 1))
@@ -53,7 +57,7 @@ def channel_percentiles(model: onnx.ModelProto, x: np.ndarray, tensors: Sequence
                 channels[name].append(c.astype(np.uint16 if rows.shape[1] < 2**16
                                                         else np.int32))
     return {name: _per_channel(np.concatenate(values[name]), np.concatenate(channels[name]),
-                               sizes[name], percentile) for name in tensors}
+                               sizes[name], percentile) for name in tensors if name in sizes}
 
 
 def _per_channel(values: np.ndarray, channel: np.ndarray, size: int,
