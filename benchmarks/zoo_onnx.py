@@ -47,11 +47,11 @@ def _inputs(n: int, size: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, 3, size, size)).astype(np.float32)
 
 
-def _peak_rss_gib() -> float:
-    """Peak RSS of this process: VmHWM (ru_maxrss survives exec, so a spawned child would
-    report its parent's peak when that is higher)."""
+def _peak_rss_gib(pid: str = "self") -> float:
+    """Peak RSS of this process (or ``pid``): VmHWM (ru_maxrss survives exec, so a spawned
+    child would report its parent's peak when that is higher)."""
     try:
-        with open("/proc/self/status") as fh:
+        with open(f"/proc/{pid}/status") as fh:
             for line in fh:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 2**20
@@ -91,10 +91,12 @@ def _isolated(fn, *args, timeout: float | None = None) -> dict:
     proc.start()
     proc.join(timeout)
     if proc.is_alive():
+        peak = _peak_rss_gib(str(proc.pid))  # so far
         proc.terminate()
         proc.join()
         return {"outcome": "time-boxed", "reason": f"not finished in {timeout:.0f} s",
-                "seconds": round(time.perf_counter() - start, 1), "peak_rss_gib": ""}
+                "seconds": round(time.perf_counter() - start, 1),
+                "peak_rss_gib": f"{peak:.2f} (at the stop)"}
     return queue.get() if not queue.empty() else {"outcome": f"crashed ({proc.exitcode})"}
 
 

@@ -134,7 +134,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
             providers: Sequence[str] | None = None, max_memory: int | None = None,
             runtime: RuntimeOptions | None = None,
             progress: bool = False,
-            report_dir: str | os.PathLike | None = None) -> ConversionResult:
+            report_dir: str | os.PathLike | None = None,
+            per_channel: bool = True) -> ConversionResult:
     """Convert an ONNX ANN into a multi-step IF-neuron SNN, RMPE-calibrated for ``T``.
 
     ``calib`` (path, array, ``(x, y)`` or :class:`Dataset`; the first ``calib_samples``
@@ -168,6 +169,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     Outputs that would overwrite an input or each other are refused before any work.
     ``report_dir``: also run :func:`onnx_rmpe.report` of the multi-step SNN on the
     calibration samples and write it there (``result.report``).
+    ``per_channel``: a QCFS threshold per channel where the layers around an activation
+    allow it (:mod:`onnx_rmpe.passes.equalize_channels`); ``False``: one per layer.
     """
     batch_size, threads, device, max_memory = RuntimeOptions.resolve(
         runtime, batch_size=batch_size, threads=threads, device=device, providers=providers,
@@ -212,7 +215,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     data = load_data(calib).head(calib_samples) if calib is not None else None
     qcfs, lams = build_qcfs(proto, data, levels=levels, percentile=percentile,
                             batch_size=batch_size, threads=threads, device=device,
-                            source=source, max_memory=max_memory)
+                            source=source, max_memory=max_memory, per_channel=per_channel)
     levels = int(get_metadata(qcfs)["onnx_rmpe.levels"])  # the L used (a trained model's own)
     snn = qcfs_to_snn(qcfs, T=T)
     search: list[ThresholdReport] = []

@@ -29,6 +29,7 @@ from onnx_rmpe.passes.base import run_passes
 from onnx_rmpe.passes.pipeline import if_passes, prepare_passes, qcfs_passes
 from onnx_rmpe.passes.relu_to_qcfs import activation_sites, output_activations, qcfs_nodes
 from onnx_rmpe.passes.support import check_supported
+from onnx_rmpe.runtime.channel_stats import channel_percentiles
 from onnx_rmpe.runtime.memory import plan_batch
 from onnx_rmpe.runtime.session import Device
 from onnx_rmpe.runtime.statistics import positive_percentiles
@@ -63,8 +64,13 @@ def refuse_non_float32(model: onnx.ModelProto, source: str) -> None:
 def build_qcfs(model: onnx.ModelProto, data: Dataset | None, *, levels: int | None = None,
                percentile: float = 99.9, batch_size: int = 128, threads: int | None = None,
                device: Device = "cpu", source: str = "<model>",
-               max_memory: int | None = None) -> tuple[onnx.ModelProto, dict]:
-    """Normalize a (ReLU or QCFS) ANN and return the QCFS ANN with its thresholds."""
+               max_memory: int | None = None,
+               per_channel: bool = True) -> tuple[onnx.ModelProto, dict]:
+    """Normalize a (ReLU or QCFS) ANN and return the QCFS ANN with its thresholds.
+
+    ``per_channel``: thresholds per channel where the layers around an activation can
+    absorb them (:mod:`onnx_rmpe.passes.equalize_channels`); the returned thresholds are
+    the layers' scalar ones either way."""
     prepared = prepare(model, source)
     graph = run_passes(to_graph(prepared), prepare_passes())
     check_supported(graph)
@@ -92,7 +98,7 @@ def build_qcfs(model: onnx.ModelProto, data: Dataset | None, *, levels: int | No
     if not sites and not trained:
         raise ConversionError(f"model '{source}' has no ReLU-like activation (Relu, Clip(0, m), "
                               "Max(x, 0)) or QCFS node: there is nothing to turn into neurons")
-    thresholds = {}
+    thresholds, ranges = {}, None
     if sites:
         if data is None:
             raise OptionError("calib", "the model has ReLU activations, so QCFS thresholds "
@@ -104,7 +110,11 @@ def build_qcfs(model: onnx.ModelProto, data: Dataset | None, *, levels: int | No
                                    percentile=percentile, batch_size=batch_size,
                                    threads=threads, device=device)
         thresholds = {s.node: _usable(pct[s.pre_activation], s) for s in sites}
-    graph = run_passes(graph, qcfs_passes(thresholds=thresholds, levels=levels))
+        if per_channel:
+            ranges = _channel_ranges(relu_model, data, sites, percentile=percentile,
+                                     batch_size=batch_size, threads=threads, device=device)
+    graph = run_passes(graph, qcfs_passes(thresholds=thresholds, levels=levels,
+                                          channel_ranges=ranges))
     for node in qcfs_nodes(graph):
         thresholds[node.name] = float(np.asarray(node.inputs[1].values))
     qcfs = to_model(graph, keep_shapes=True, metadata={
@@ -113,6 +123,13 @@ def build_qcfs(model: onnx.ModelProto, data: Dataset | None, *, levels: int | No
         "onnx_rmpe.thresholds_from": "percentile" if sites else "training",
         **({"onnx_rmpe.readout_activations": ",".join(readout)} if readout else {})})
     return qcfs, thresholds
+
+
+def _channel_ranges(relu_model: onnx.ModelProto, data: Dataset, sites, **options) -> dict:
+    """Per-channel thresholds ``min(percentile_c, cap)`` of each activation site."""
+    pct = channel_percentiles(relu_model, data.x, [s.pre_activation for s in sites], **options)
+    return {s.node: np.minimum(pct[s.pre_activation], np.inf if s.cap is None else s.cap)
+            for s in sites if s.pre_activation in pct}
 
 
 #: Thresholds outside this range are reported: usually uninitialised or constant weights.

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from onnx_rmpe.ops import DEFAULT_PHI
 from onnx_rmpe.passes import invariants
 from onnx_rmpe.passes.base import FunctionPass, Sequential
+from onnx_rmpe.passes.equalize_channels import equalize_channels
 from onnx_rmpe.passes.fold_batchnorm import fold_batchnorm
 from onnx_rmpe.passes.fold_batchnorm_forward import fold_batchnorm_forward
 from onnx_rmpe.passes.maxpool_reorder import maxpool_reorder
@@ -44,11 +45,17 @@ def prepare_passes() -> list[FunctionPass]:
     ]
 
 
-def qcfs_passes(*, thresholds: Mapping[str, float], levels: int) -> list[FunctionPass]:
-    """ReLU-like activations to QCFS (``thresholds``: node name -> lam), then max pools."""
+def qcfs_passes(*, thresholds: Mapping[str, float], levels: int,
+                channel_ranges: Mapping | None = None) -> list[FunctionPass]:
+    """ReLU-like activations to QCFS (``thresholds``: node name -> lam), then per-channel
+    thresholds (``channel_ranges``: node name -> lam per channel, if given), then max
+    pools."""
+    equalize = [FunctionPass("equalize_channels", equalize_channels, ranges=channel_ranges)] \
+        if channel_ranges else []
     return [
         FunctionPass("relu_to_qcfs", relu_to_qcfs, ensures=invariants.after_relu_to_qcfs,
                      thresholds=thresholds, levels=levels),
+        *equalize,
         FunctionPass("maxpool_reorder", maxpool_reorder,
                      ensures=invariants.after_maxpool_reorder),
     ]
