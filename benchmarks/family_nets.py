@@ -35,31 +35,21 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import onnx
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fashion_nets import (  # noqa: E402
-    BATCH,
     CACHE,
     DATA,
-    NORMALISATION,
-    SEED,
     Residual,
-    export,
     load_fashion,
-    ort_accuracy,
-    torch_accuracy,
-    train,
+    train_and_cache,
 )
 
 EPOCHS = 3
@@ -228,31 +218,9 @@ def cache_name(name: str) -> str:
 
 
 def build(name: str, data, *, epochs: int = EPOCHS, log=print) -> dict:
-    """Train, export and cache family ``name``; returns its json record."""
+    """Train, export and cache family ``name`` (``fashion_nets.train_and_cache``)."""
     desc, make = FAMILIES[name]
-    xtr, ytr, xte, yte = data
-    torch.manual_seed(SEED)
-    net, seconds = train(make(), xtr, ytr, xte, yte, epochs, lambda m: log(f"{name}: {m}"))
-    model = export(net)
-    key = cache_name(name)
-    record = {"name": key, "description": desc, "epochs": epochs, "train_seconds": seconds,
-              "train_samples": len(xtr), "test_accuracy_torch": torch_accuracy(net, xte, yte),
-              "test_accuracy": ort_accuracy(model, xte, yte), "normalisation": NORMALISATION,
-              "input": "input [N, 1, 28, 28] float32", "output": "logits [N, 10]",
-              "parameters": sum(p.numel() for p in net.parameters()),
-              "recipe": f"fashion_nets.train: AdamW wd 5e-4, OneCycle max lr 4e-3, batch "
-                        f"{BATCH}, random horizontal flip, seed {SEED}, torch threads "
-                        f"{torch.get_num_threads()}",
-              "machine": f"2-core shared CPU ({platform.machine()}), no GPU; torch "
-                         f"{torch.__version__}",
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    CACHE.mkdir(parents=True, exist_ok=True)
-    tmp = CACHE / f".{key}.onnx.tmp"
-    onnx.save(model, str(tmp))
-    (CACHE / f"{key}.json").write_text(json.dumps(record, indent=1))
-    os.replace(tmp, CACHE / f"{key}.onnx")
-    log(f"{name}: cached, test accuracy {record['test_accuracy']:.4f} in {seconds:.0f}s")
-    return record
+    return train_and_cache(cache_name(name), desc, make, data, epochs=epochs, log=log)
 
 
 def main() -> None:

@@ -215,13 +215,20 @@ def build(name: str, data, *, epochs: int | None = None, log=print,
           shift: bool = False) -> dict:
     """Train, export and cache net ``name``; returns its json record."""
     desc, make, default_epochs = NETS[name]
-    epochs = epochs or default_epochs
+    return train_and_cache(name, desc, make, data, epochs=epochs or default_epochs, log=log,
+                           shift=shift)
+
+
+def train_and_cache(key: str, desc: str, make: Callable[[], nn.Module], data, *, epochs: int,
+                    log=print, shift: bool = False) -> dict:
+    """Train ``make()`` with :func:`train`, export it and cache it as ``key`` (``.onnx`` and
+    its ``.json`` record, written atomically); returns the record."""
     xtr, ytr, xte, yte = data
     torch.manual_seed(SEED)
     net, seconds = train(make(), xtr, ytr, xte, yte, epochs,
-                         lambda m: log(f"{name}: {m}"), shift)
+                         lambda m: log(f"{key}: {m}"), shift)
     model = export(net)
-    record = {"name": name, "description": desc, "epochs": epochs, "train_seconds": seconds,
+    record = {"name": key, "description": desc, "epochs": epochs, "train_seconds": seconds,
               "train_samples": len(xtr), "test_accuracy_torch": torch_accuracy(net, xte, yte),
               "test_accuracy": ort_accuracy(model, xte, yte), "normalisation": NORMALISATION,
               "input": "input [N, 1, 28, 28] float32", "output": "logits [N, 10]",
@@ -233,11 +240,11 @@ def build(name: str, data, *, epochs: int | None = None, log=print,
                          f"{torch.__version__}", "date": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                         time.gmtime())}
     CACHE.mkdir(parents=True, exist_ok=True)
-    tmp = CACHE / f".{name}.onnx.tmp"
+    tmp = CACHE / f".{key}.onnx.tmp"
     onnx.save(model, str(tmp))
-    (CACHE / f"{name}.json").write_text(json.dumps(record, indent=1))
-    os.replace(tmp, CACHE / f"{name}.onnx")
-    log(f"{name}: cached, test accuracy {record['test_accuracy']:.4f} in {seconds:.0f}s")
+    (CACHE / f"{key}.json").write_text(json.dumps(record, indent=1))
+    os.replace(tmp, CACHE / f"{key}.onnx")
+    log(f"{key}: cached, test accuracy {record['test_accuracy']:.4f} in {seconds:.0f}s")
     return record
 
 
