@@ -27,7 +27,8 @@ import onnx
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from family_nets import CACHE, DATA, cache_name, load_fashion  # noqa: E402
+from family_nets import DATA, cache_name, load_fashion  # noqa: E402
+from fashion_nets import CACHE  # noqa: E402
 
 from onnx_rmpe.data import Dataset  # noqa: E402
 from onnx_rmpe.ops import DOMAIN, QCFS_OP  # noqa: E402
