@@ -77,7 +77,7 @@ def _neuron(n, a, z, lam, state, v_init, signed):
     if state is None:
         return lam * torch.clamp(torch.floor(z * L / lam + phi) / L, 0, 1)
     if n.name not in state:
-        extra = 0 if v_init is None else v_init[n.name]
+        extra = 0 if v_init is None else v_init.get(n.name, 0)
         state[n.name] = (torch.full_like(z, phi) * lam + extra, torch.zeros_like(z))
     v, count = state[n.name]
     v = v + z
