@@ -59,6 +59,9 @@ SNN = {}  # the default recipe, then finetune_snn for each T <= SNN_MAX_T
 SNN_PTQ = {"ptq": True}  # no QCFS fine-tuning: default convert of the ReLU net, then finetune_snn
 SNN_STEPS = 200
 SNN_MAX_T = int(os.environ.get("FINETUNE_SNN_MAX_T", 2))  # the stage is meant for T <= 2
+#: part of the cache key of fine-tuned models: bump it when the training code changes
+#: ("bu": Bu et al.'s clipped straight-through gradient, onnx_rmpe/torch/qcfs.py)
+CODE_STAMP = "bu"
 OLD = dict(optimizer="adam", lr=1e-3, schedule="constant", batch_size=64, distill=0.0)
 #: name -> (description, finetune keyword arguments, training images, epochs, labels)
 VARIANTS = {
@@ -121,7 +124,7 @@ def run_variant(name: str, relu: onnx.ModelProto, data, steps, seed: int, save) 
     start = time.perf_counter()
     base = "default-1x10k" if kwargs is SNN else name
     cached = CACHE / f"ft_{hashlib.sha1(relu.SerializeToString()).hexdigest()[:10]}_{base}" \
-                     f"_s{seed}.onnx"
+                     f"_s{seed}_{CODE_STAMP}.onnx"
     if kwargs is SNN_PTQ:  # convert() calibrates (threshold search for T, RMPE) from the ReLU
         qcfs = relu
         cached = CACHE / "none"
