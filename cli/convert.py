@@ -36,6 +36,10 @@ from onnx_rmpe.runtime.options import RuntimeOptions
               help="QCFS thresholds of ReLU layers: chosen per layer for T (search, from the "
                    "percentile start), then refined by the output error (refine), or the "
                    "percentile.")
+@click.option("--reconstruct", type=click.Choice(["none", "weights", "bias"]), default="none",
+              show_default=True,
+              help="Refit the SNN's linear layers to the ReLU ANN on the calibration data "
+                   "before RMPE: weights and biases (closed-form ridge fit) or biases only.")
 @click.option("--calib-samples", default=512, show_default=True, type=int,
               help="Calibration samples used (thresholds and RMPE).")
 @click.option("--rmpe/--no-rmpe", default=True, show_default=True,
@@ -71,7 +75,7 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
                 finetune_data: Path | None, finetune_options: dict,
                 save_qcfs: Path | None, report_dir: Path | None,
                 runtime: RuntimeOptions, json_path: Path | None,
-                thresholds: str = "refine") -> None:
+                thresholds: str = "refine", reconstruct: str = "none") -> None:
     """Convert MODEL (an ONNX ReLU or QCFS network) into an IF-neuron SNN for T steps."""
     from onnx_rmpe.convert import convert, target_path_for
 
@@ -87,7 +91,7 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
                      mode=mode, chunk=chunk, finetune_data=finetune_data,
                      finetune_options=finetune_options, save_qcfs=save_qcfs,
                      progress=not quiet(),
-                     report_dir=report_dir, thresholds=thresholds)
+                     report_dir=report_dir, thresholds=thresholds, reconstruct=reconstruct)
     if result.finetune is not None:
         echo_finetune(result.finetune)
     click.echo(f"converted {model}: {len(result.thresholds)} spiking layer(s), T={T}, "
