@@ -12,10 +12,14 @@ calibration data:
        = (X^T X + lam I)^-1 (X^T Z + lam W)        lam = ridge * trace(X^T X) / d
 
 per output channel (per group for grouped and depthwise convolutions; ``d`` is the number of
-columns of ``X``). Since a linear layer commutes with the time average, ``X W'`` is exactly
-the time-averaged input current the next neurons integrate. Layers are refitted front to
-back, each with the rates of the already refitted SNN (one SNN pass and one ANN pass per
-group of layers that read the same tensor). ``mode="bias"`` refits only the bias,
+columns of ``X``). The ridge is chosen per layer and group from ``RIDGES`` by the error on
+held-out calibration samples (every ``HOLDOUT``-th; fitted on the others), then the fit is
+redone on all samples; if no ridge beats the original weights on the held-out samples the
+group keeps them (a Gemm with more inputs than samples would otherwise be overfitted).
+Since a linear layer commutes with the time average, ``X W'`` is exactly the time-averaged
+input current the next neurons integrate. Layers are refitted front to back, each with the
+rates of the already refitted SNN (one SNN pass and one ANN pass per group of layers that
+read the same tensor). ``mode="bias"`` refits only the bias,
 ``b' = b + mean(Z - X W)`` per output channel (the cheaper row).
 
 With RMPE: this step runs before RMPE calibration. It removes the part of the error in the
@@ -49,8 +53,11 @@ from onnx_rmpe.runtime.statistics import expose_outputs
 
 logger = logging.getLogger(__name__)
 
-#: Relative ridge: ``lam = RIDGE * trace(X^T X) / d`` (pulls W' towards W).
-RIDGE = 1e-3
+#: Candidate relative ridges ``lam = ridge * trace(X^T X) / d`` (pull W' towards W); per
+#: layer the one with the smallest error on held-out samples wins (none: keep W).
+RIDGES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+#: Every ``HOLDOUT``-th calibration sample is held out to choose the ridge.
+HOLDOUT = 4
 #: Samples per accumulation chunk (fixed, so the sums do not depend on the batch size).
 CHUNK = 32
 MODES = ("weights", "bias")
@@ -74,7 +81,7 @@ class ReconstructReport:
 
 
 def reconstruct(snn: onnx.ModelProto, reference: onnx.ModelProto, data: Dataset, *,
-                T: int, mode: str = "weights", ridge: float = RIDGE, batch_size: int = 128,
+                T: int, mode: str = "weights", batch_size: int = 128,
                 threads: int | None = None, device: Device = "cpu"
                 ) -> tuple[onnx.ModelProto, ReconstructReport]:
     """A copy of the multi-step ``snn`` with its linear layers refitted to ``reference``.
@@ -96,8 +103,7 @@ def reconstruct(snn: onnx.ModelProto, reference: onnx.ModelProto, data: Dataset,
                           threads, device)
         report.passes += 1
         for node, z in zip(nodes, zs):
-            report.layers.append(_refit(node, inits, model.graph.initializer, x, z, mode,
-                                        ridge))
+            report.layers.append(_refit(node, inits, model.graph.initializer, x, z, mode))
     report.seconds = time.perf_counter() - start
     kept = sum(f.kept for f in report.layers)
     logger.info("reconstruct (%s): %d of %d linear layer(s) refitted, %d SNN passes in %.1fs",
@@ -158,8 +164,7 @@ def _ann_outputs(model, tensors: list[str], data: Dataset, batch_size: int, thre
     return [np.concatenate([p[k] for p in parts]) for k in range(len(tensors))]
 
 
-def _refit(node, inits, model_inits, x: np.ndarray, z: np.ndarray, mode: str,
-           ridge: float) -> LayerFit:
+def _refit(node, inits, model_inits, x: np.ndarray, z: np.ndarray, mode: str) -> LayerFit:
     """Refit one layer's weights in place (``inits``); returns its errors."""
     w_init = inits[node.input[1]]
     w = numpy_helper.to_array(w_init)
@@ -173,14 +178,20 @@ def _refit(node, inits, model_inits, x: np.ndarray, z: np.ndarray, mode: str,
     b_name = node.input[2] if len(node.input) > 2 else ""
     b = numpy_helper.to_array(inits[b_name]).reshape(-1) if b_name else np.zeros(m, np.float32)
     mg = m // groups
-    xtx, xtz, ztz = _moments(node, attrs, x, z, groups, mg)
+    held = np.arange(len(x)) % HOLDOUT == HOLDOUT - 1
+    fit_part = _moments(node, attrs, x[~held], z[~held], groups, mg)
+    held_part = _moments(node, attrs, x[held], z[held], groups, mg)
+    xtx, xtz, ztz = (p + q for p, q in zip(fit_part, held_part))
     new_w, new_b = w_mat.astype(np.float64).copy(), b.astype(np.float64).copy()
     before = after = 0.0
     for g in range(groups):
         rows = slice(g * mg, (g + 1) * mg)
         old = np.vstack([w_mat[rows].T, b[rows][None]]).astype(np.float64)   # [d, Mg]
-        fit = _solve(xtx[g], xtz[g], old, mode, ridge)
-        e_old, e_new = _error(xtx[g], xtz[g], ztz[g], old), _error(xtx[g], xtz[g], ztz[g], fit)
+        ridge = _choose_ridge(fit_part, held_part, g, old, mode)
+        e_old = e_new = _error(xtx[g], xtz[g], ztz[g], old)
+        if ridge is not None:
+            fit = _solve(xtx[g], xtz[g], old, mode, ridge)
+            e_new = _error(xtx[g], xtz[g], ztz[g], fit)
         if e_new < e_old:
             new_w[rows], new_b[rows] = fit[:-1].T, fit[-1]
         else:
@@ -202,6 +213,18 @@ def _refit(node, inits, model_inits, x: np.ndarray, z: np.ndarray, mode: str,
     n = z.size
     logger.debug("reconstruct: %s error %.4g -> %.4g", node.name, before / n, after / n)
     return LayerFit(node.name, before / n, after / n, kept)
+
+
+def _choose_ridge(fit_part, held_part, g: int, old: np.ndarray, mode: str) -> float | None:
+    """The ridge whose fit on ``fit_part`` has the smallest error on ``held_part`` (group
+    ``g``), or ``None`` when no fit beats the original weights there."""
+    held = [m[g] for m in held_part]
+    best, best_error = None, _error(*held, old) * (1 - 1e-4)
+    for ridge in (RIDGES if mode == "weights" else (0.0,)):
+        e = _error(*held, _solve(fit_part[0][g], fit_part[1][g], old, mode, ridge))
+        if e < best_error:
+            best, best_error = ridge, e
+    return best
 
 
 def _moments(node, attrs, x: np.ndarray, z: np.ndarray, groups: int, mg: int):
@@ -268,5 +291,5 @@ def reconstruct_snn(snn: onnx.ModelProto, qcfs: onnx.ModelProto, data: Dataset, 
                        threads=threads, device=device)
 
 
-__all__ = ["CHUNK", "MODES", "RIDGE", "LayerFit", "ReconstructReport", "reconstruct",
+__all__ = ["CHUNK", "HOLDOUT", "MODES", "RIDGES", "LayerFit", "ReconstructReport", "reconstruct",
            "reconstruct_snn"]

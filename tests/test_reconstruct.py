@@ -118,13 +118,13 @@ def test_depthwise_and_bias_free_layers(digits_data):
 
 def test_convert_with_reconstruction_not_worse(resnet, digits_data):
     (x, _), test = digits_data
-    plain = convert(resnet, T=4, calib=x[:CALIB], thresholds="percentile", rmpe=False,
+    plain = convert(resnet, T=2, calib=x[:CALIB], thresholds="percentile", rmpe=False,
                     threads=1)
-    default = convert(resnet, T=4, calib=x[:CALIB], threads=1)
-    rebuilt = convert(resnet, T=4, calib=x[:CALIB], threads=1, reconstruct="weights")
+    default = convert(resnet, T=2, calib=x[:CALIB], threads=1)
+    rebuilt = convert(resnet, T=2, calib=x[:CALIB], threads=1, reconstruct="weights")
     acc = {k: evaluate(r.snn, test, threads=1).accuracy
            for k, r in (("plain", plain), ("default", default), ("weights", rebuilt))}
-    # measured: default 0.985, weights 0.987 (margins for other machines)
+    # margins for other machines (see the measured values in the commit running it)
     assert acc["weights"] >= acc["default"] - 0.02, acc
     assert acc["weights"] >= acc["plain"], acc
     assert rebuilt.reconstruction is not None and default.reconstruction is None
