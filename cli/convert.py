@@ -36,10 +36,11 @@ from onnx_rmpe.runtime.options import RuntimeOptions
               help="QCFS thresholds of ReLU layers: chosen per layer for T (search, from the "
                    "percentile start), then refined by the output error (refine), or the "
                    "percentile.")
-@click.option("--reconstruct", type=click.Choice(["none", "weights", "bias"]), default="none",
-              show_default=True,
+@click.option("--reconstruct", type=click.Choice(["auto", "none", "weights", "bias"]),
+              default="auto", show_default=True,
               help="Refit the SNN's linear layers to the ReLU ANN on the calibration data "
-                   "before RMPE: weights and biases (closed-form ridge fit) or biases only.")
+                   "before RMPE: weights and biases (closed-form ridge fit) or biases only; "
+                   "auto: weights wherever --thresholds refine runs (T <= 8).")
 @click.option("--calib-samples", default=512, show_default=True, type=int,
               help="Calibration samples used (thresholds and RMPE).")
 @click.option("--rmpe/--no-rmpe", default=True, show_default=True,
@@ -75,7 +76,7 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
                 finetune_data: Path | None, finetune_options: dict,
                 save_qcfs: Path | None, report_dir: Path | None,
                 runtime: RuntimeOptions, json_path: Path | None,
-                thresholds: str = "refine", reconstruct: str = "none") -> None:
+                thresholds: str = "refine", reconstruct: str = "auto") -> None:
     """Convert MODEL (an ONNX ReLU or QCFS network) into an IF-neuron SNN for T steps."""
     from onnx_rmpe.convert import convert, target_path_for
 

@@ -53,8 +53,9 @@ MODES = ("multistep", "streaming", "chunked", "unrolled")
 #: moved by the error at the network output, before and after RMPE).
 THRESHOLDS = ("refine", "search", "percentile")
 #: Refit the SNN's linear layers to the ReLU ANN before RMPE (:mod:`onnx_rmpe.reconstruct`):
-#: ``weights`` (ridge fit of weights and bias), ``bias`` (bias only) or ``none``.
-RECONSTRUCT = ("none", "weights", "bias")
+#: ``weights`` (ridge fit of weights and bias), ``bias`` (bias only) or ``none``; ``auto``
+#: (the default) is ``weights`` where ``refine`` runs (post-training thresholds, T <= 8).
+RECONSTRUCT = ("auto", "none", "weights", "bias")
 
 
 @dataclass
@@ -130,7 +131,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
             percentile: float = 99.9,
             calib_samples: int | None = 512, batch_size: int = 128, rmpe: bool = True,
             rmpe_granularity: str = "neuron", rmpe_sweeps: int = 1,
-            thresholds: str = "refine", reconstruct: str = "none", mode: str = "multistep",
+            thresholds: str = "refine", reconstruct: str = "auto", mode: str = "multistep",
             chunk: int | None = None,
             finetune_data=None, finetune_options: Mapping[str, Any] | None = None,
             epochs: int | None = None, finetune_lr: float | None = None,
@@ -240,6 +241,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
         lams = {**lams, **chosen}
         snn = qcfs_to_snn(qcfs, T=T)
     rebuilt = None
+    if reconstruct == "auto":
+        reconstruct = "weights" if refined else "none"
     if reconstruct != "none" and data is not None:
         snn, rebuilt = reconstruct_snn(snn, qcfs, data, T=T, mode=reconstruct, **run)
     calibration = None

@@ -1,7 +1,8 @@
 """Layer-wise weight reconstruction (``convert(reconstruct=...)``): each refit lowers the
 layer error it minimizes (checked against a direct measurement), grouped/depthwise
 convolutions and Gemm work, the result is deterministic and independent of the batch size,
-and the conversion with it is not worse than the default beyond a margin."""
+and the default conversion (which reconstructs where ``refine`` runs) is not worse than
+without it beyond a margin."""
 
 from __future__ import annotations
 
@@ -116,15 +117,18 @@ def test_depthwise_and_bias_free_layers(digits_data):
     assert run(new, x[:8])[0].shape == (8, 10)
 
 
-def test_convert_with_reconstruction_not_worse(resnet, digits_data):
+def test_default_reconstructs_and_is_not_worse(resnet, digits_data):
     (x, _), test = digits_data
     plain = convert(resnet, T=2, calib=x[:CALIB], thresholds="percentile", rmpe=False,
                     threads=1)
+    without = convert(resnet, T=2, calib=x[:CALIB], threads=1, reconstruct="none")
     default = convert(resnet, T=2, calib=x[:CALIB], threads=1)
-    rebuilt = convert(resnet, T=2, calib=x[:CALIB], threads=1, reconstruct="weights")
     acc = {k: evaluate(r.snn, test, threads=1).accuracy
-           for k, r in (("plain", plain), ("default", default), ("weights", rebuilt))}
-    # margins for other machines (see the measured values in the commit running it)
-    assert acc["weights"] >= acc["default"] - 0.02, acc
-    assert acc["weights"] >= acc["plain"], acc
-    assert rebuilt.reconstruction is not None and default.reconstruction is None
+           for k, r in (("plain", plain), ("none", without), ("default", default))}
+    # margins for other machines; digits nets are near 100 %, so this guards against harm,
+    # the gain is measured on the Fashion-MNIST nets (BENCHMARKS.md)
+    assert acc["default"] >= acc["none"] - 0.02, acc
+    assert acc["default"] >= acc["plain"], acc
+    assert default.reconstruction is not None and without.reconstruction is None
+    assert plain.reconstruction is None  # plain conversion stays plain
+    assert all(f.error_after <= f.error_before for f in default.reconstruction.layers)
