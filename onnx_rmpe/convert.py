@@ -35,7 +35,7 @@ from onnx_rmpe.pipeline import (
     refuse_snn,
 )
 from onnx_rmpe.recipe import check_finetune_options
-from onnx_rmpe.reconstruct import ReconstructReport, reconstruct_snn
+from onnx_rmpe.reconstruct import ReconstructReport, reconstruct_snn, with_snn_weights
 from onnx_rmpe.refine import MAX_T as REFINE_MAX_T
 from onnx_rmpe.refine import RefineReport, refine_after_rmpe, refine_before_rmpe
 from onnx_rmpe.runtime.memory import default_budget
@@ -270,7 +270,9 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     if mode == "streaming":
         snn = snn_to_streaming(snn)
     elif mode == "chunked":
-        snn = _chunked(qcfs, snn, T, chunk, max_memory, batch_size)
+        # the chunked form is rebuilt from the QCFS ANN: give it the SNN's refitted weights
+        snn = _chunked(with_snn_weights(qcfs, snn) if rebuilt else qcfs, snn, T, chunk,
+                       max_memory, batch_size)
     elif mode == "unrolled":
         from onnx_rmpe.forms import snn_to_unrolled
 

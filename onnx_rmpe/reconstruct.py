@@ -291,5 +291,29 @@ def reconstruct_snn(snn: onnx.ModelProto, qcfs: onnx.ModelProto, data: Dataset, 
                        threads=threads, device=device)
 
 
+def with_snn_weights(qcfs: onnx.ModelProto, snn: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``qcfs`` whose Conv/Gemm nodes take the (reconstructed) weights and biases of
+    the nodes of the same name in ``snn`` (for forms rebuilt from the QCFS ANN)."""
+    model = onnx.ModelProto.FromString(qcfs.SerializeToString())
+    snn_nodes = {n.name: n for n in snn.graph.node if n.op_type in ("Conv", "Gemm")}
+    snn_inits = {t.name: t for t in snn.graph.initializer}
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        other = snn_nodes.get(node.name)
+        if other is None or node.op_type != other.op_type:
+            continue
+        for k, name in enumerate(other.input[1:], start=1):
+            if name not in snn_inits:
+                continue
+            if k >= len(node.input):
+                node.input.append(name)
+            target = inits.get(node.input[k])
+            if target is None:
+                target = inits[node.input[k]] = model.graph.initializer.add()
+            target.CopyFrom(snn_inits[name])
+            target.name = node.input[k]
+    return model
+
+
 __all__ = ["CHUNK", "HOLDOUT", "MODES", "RIDGES", "LayerFit", "ReconstructReport", "reconstruct",
-           "reconstruct_snn"]
+           "reconstruct_snn", "with_snn_weights"]
