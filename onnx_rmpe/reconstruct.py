@@ -174,6 +174,7 @@ def _refit(node, inits, model_inits, x: np.ndarray, z: np.ndarray, mode: str) ->
         groups, m = 1, w_mat.shape[0]
     else:
         groups, m = int(attrs.get("group", 1)), w.shape[0]
+        attrs.setdefault("kernel_shape", list(w.shape[2:]))  # optional in ONNX
         w_mat = w.reshape(m, -1)                                   # [M, Cg*kh*kw]
     b_name = node.input[2] if len(node.input) > 2 else ""
     b = numpy_helper.to_array(inits[b_name]).reshape(-1) if b_name else np.zeros(m, np.float32)
