@@ -39,6 +39,11 @@ from onnx_rmpe.runtime.options import RuntimeOptions
 @click.option("--per-channel/--per-layer", default=True, show_default=True,
               help="QCFS thresholds per channel where the layers around an activation allow "
                    "it (DenseNet, MobileNet), or one per layer.")
+@click.option("--reconstruct", type=click.Choice(["auto", "none", "weights", "bias"]),
+              default="auto", show_default=True,
+              help="Refit the SNN's linear layers to the ReLU ANN on the calibration data "
+                   "before RMPE: weights and biases (closed-form ridge fit) or biases only; "
+                   "auto: weights wherever --thresholds refine runs (T <= 8).")
 @click.option("--calib-samples", default=512, show_default=True, type=int,
               help="Calibration samples used (thresholds and RMPE).")
 @click.option("--rmpe/--no-rmpe", default=True, show_default=True,
@@ -74,7 +79,8 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
                 finetune_data: Path | None, finetune_options: dict,
                 save_qcfs: Path | None, report_dir: Path | None,
                 runtime: RuntimeOptions, json_path: Path | None,
-                thresholds: str = "refine", per_channel: bool = True) -> None:
+                thresholds: str = "refine", per_channel: bool = True,
+                reconstruct: str = "auto") -> None:
     """Convert MODEL (an ONNX ReLU or QCFS network) into an IF-neuron SNN for T steps."""
     from onnx_rmpe.conversion import convert, target_path_for
 
@@ -90,7 +96,8 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
                      mode=mode, chunk=chunk, finetune_data=finetune_data,
                      finetune_options=finetune_options, save_qcfs=save_qcfs,
                      progress=not quiet(),
-                     report_dir=report_dir, thresholds=thresholds, per_channel=per_channel)
+                     report_dir=report_dir, thresholds=thresholds, per_channel=per_channel,
+                     reconstruct=reconstruct)
     if result.finetune is not None:
         echo_finetune(result.finetune)
     click.echo(f"converted {model}: {len(result.thresholds)} spiking layer(s), T={T}, "

@@ -35,6 +35,7 @@ from onnx_rmpe.pipeline import (
     refuse_snn,
 )
 from onnx_rmpe.recipe import check_finetune_options
+from onnx_rmpe.reconstruct import ReconstructReport, reconstruct_snn, with_snn_weights
 from onnx_rmpe.refine import MAX_T as REFINE_MAX_T
 from onnx_rmpe.refine import RefineReport, refine_after_rmpe, refine_before_rmpe
 from onnx_rmpe.runtime.memory import default_budget
@@ -52,6 +53,10 @@ MODES = ("multistep", "streaming", "chunked", "unrolled")
 #: ``refine`` (the default) is ``search`` followed by :mod:`onnx_rmpe.refine` (thresholds
 #: moved by the error at the network output, before and after RMPE).
 THRESHOLDS = ("refine", "search", "percentile")
+#: Refit the SNN's linear layers to the ReLU ANN before RMPE (:mod:`onnx_rmpe.reconstruct`):
+#: ``weights`` (ridge fit of weights and bias), ``bias`` (bias only) or ``none``; ``auto``
+#: (the default) is ``weights`` where ``refine`` runs (post-training thresholds, T <= 8).
+RECONSTRUCT = ("auto", "none", "weights", "bias")
 
 
 @dataclass
@@ -77,6 +82,8 @@ class ConversionResult:
     readout_activations: list[str] = field(default_factory=list)
     #: Stage 1's FinetuneResult when ``finetune_data`` was given (onnx_rmpe.finetune).
     finetune: object | None = None
+    #: ``reconstruct``: the refitted linear layers (:mod:`onnx_rmpe.reconstruct`).
+    reconstruction: ReconstructReport | None = None
 
 
 def _check_options(T, levels, percentile, calib_samples, batch_size, threads, mode,
@@ -125,7 +132,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
             percentile: float = 99.9,
             calib_samples: int | None = 512, batch_size: int = 128, rmpe: bool = True,
             rmpe_granularity: str = "neuron", rmpe_sweeps: int = 1,
-            thresholds: str = "refine", mode: str = "multistep", chunk: int | None = None,
+            thresholds: str = "refine", reconstruct: str = "auto", mode: str = "multistep",
+            chunk: int | None = None,
             finetune_data=None, finetune_options: Mapping[str, Any] | None = None,
             epochs: int | None = None, finetune_lr: float | None = None,
             seed: int | None = None,
@@ -178,6 +186,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     start = time.perf_counter()
     _check_options(T, levels, percentile, calib_samples, batch_size, threads, mode, rmpe_sweeps)
     validate.choice("thresholds", thresholds, THRESHOLDS)
+    validate.choice("reconstruct", reconstruct, RECONSTRUCT)
     tuning = _finetune_options(finetune_data, finetune_options, epochs=epochs, lr=finetune_lr,
                                seed=seed)
     check_outputs({"output": output, "save_qcfs": save_qcfs,
@@ -239,6 +248,11 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
         set_metadata(qcfs, "onnx_rmpe.thresholds_from", f"{thresholds} for T={T}")
         lams = {**lams, **chosen}
         snn = qcfs_to_snn(qcfs, T=T)
+    rebuilt = None
+    if reconstruct == "auto":
+        reconstruct = "weights" if refined else "none"
+    if reconstruct != "none" and data is not None:
+        snn, rebuilt = reconstruct_snn(snn, qcfs, data, T=T, mode=reconstruct, **run)
     calibration = None
     if rmpe:
         calibration = calibrate(snn, qcfs, data, batch_size=batch_size,
@@ -264,14 +278,16 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     if mode == "streaming":
         snn = snn_to_streaming(snn)
     elif mode == "chunked":
-        snn = _chunked(qcfs, snn, T, chunk, max_memory, batch_size)
+        # the chunked form is rebuilt from the QCFS ANN: give it the SNN's refitted weights
+        snn = _chunked(with_snn_weights(qcfs, snn) if rebuilt else qcfs, snn, T, chunk,
+                       max_memory, batch_size)
     elif mode == "unrolled":
         from onnx_rmpe.forms import snn_to_unrolled
 
         snn = snn_to_unrolled(snn)
     result = ConversionResult(snn, qcfs, T, levels, lams, calibration=calibration,
                               report=snn_report, threshold_search=search, finetune=tuned,
-                              threshold_refine=refined)
+                              threshold_refine=refined, reconstruction=rebuilt)
     readout = get_metadata(qcfs).get("onnx_rmpe.readout_activations", "")
     result.readout_activations = readout.split(",") if readout else []
     anns = _anns_to_save(qcfs, calibration, levels, save_qcfs) if save_qcfs is not None else []

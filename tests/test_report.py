@@ -88,7 +88,8 @@ def reference_spikes(snn: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarra
 
 
 def _convert(model, x):
-    return onnx_rmpe.convert(model, T=T, calib=x, levels=T, rmpe=False).snn
+    return onnx_rmpe.convert(model, T=T, calib=x, levels=T, rmpe=False,
+                              reconstruct="none").snn
 
 
 def _layer(result, name):
