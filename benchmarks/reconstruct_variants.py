@@ -8,6 +8,10 @@ error of the refinement, per-layer fit errors, seconds).
 Usage::
 
     python benchmarks/reconstruct_variants.py vgg_bn_avg,resnet 4 weights,bias [2000]
+    python benchmarks/reconstruct_variants.py vgg_bn_avg 4 weights,weights:layer 2000
+
+A mode ``M:layer`` converts with one QCFS threshold per layer (``per_channel=False``); the
+default is per channel (``passes/equalize_channels.py``).
 """
 
 from __future__ import annotations
@@ -34,14 +38,17 @@ def main() -> None:
     for name in nets:
         model, meta = cached(name)
         for T in map(int, steps):
-            for mode in modes:
+            for variant in modes:
+                mode, _, scope = variant.partition(":")
                 start = time.perf_counter()
-                res = onnx_rmpe.convert(model, T=T, calib=xcal, threads=1, reconstruct=mode)
+                res = onnx_rmpe.convert(model, T=T, calib=xcal, threads=1, reconstruct=mode,
+                                        per_channel=scope != "layer")
                 seconds = time.perf_counter() - start
                 hits = correct(res.snn, xte[:n], yte[:n])
                 fits = res.reconstruction.layers if res.reconstruction else []
                 print(json.dumps({
                     "net": name, "T": T, "reconstruct": mode, "test": n,
+                    "thresholds_per": scope or "channel",
                     "relu": meta["test_accuracy"], "snn": float(hits[-1].mean()),
                     "snn_first_2000": float(hits[-1, :2000].mean()),
                     "per_step": hits.mean(1).tolist(),

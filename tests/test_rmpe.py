@@ -102,7 +102,11 @@ def test_segments_reproduce_the_full_network(plain_and_calibrated, digits_data):
 
 def test_channel_granularity_and_options(resnet, digits_data):
     (x, _), (xt, yt) = digits_data
-    result = convert(resnet, T=2, calib=x[:256], levels=4, rmpe_granularity="channel")
+    # the shapes of the channel potentials are the subject: no weight reconstruction, whose
+    # refitted layers make the check reject channel potentials on this net at T=2 (z 5.7)
+    result = convert(resnet, T=2, calib=x[:256], levels=4, rmpe_granularity="channel",
+                     reconstruct="none")
+    assert result.calibration.accepted, result.calibration.check  # z about -2.7 here
     for node in if_nodes(to_graph(result.snn)):
         v = np.asarray(node.inputs[2].values)
         assert v.ndim == 1 or v.shape[1:] == (1, 1)
