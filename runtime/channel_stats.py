@@ -2,7 +2,7 @@
 
 One QCFS threshold per layer fits a layer whose channels share one range. Real nets'
 channels do not (a DenseNet stem, a MobileNetV2 depthwise layer: 99.9th percentiles from
-0.7 to 5.4 in one layer), so :mod:`onnx_rmpe.passes.equalize_channels` rescales channels
+0.7 to 5.4 in one layer), so the graph pass ``equalize_channels`` rescales channels
 to one range; it needs each channel's percentile, computed here.
 
 The values are gathered as in :func:`onnx_rmpe.runtime.statistics.positive_percentiles`:

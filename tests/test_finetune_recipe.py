@@ -12,20 +12,12 @@ from onnx_rmpe.errors import ConversionError, OptionError
 from onnx_rmpe.finetune import finetune
 from onnx_rmpe.recipe import Recipe
 from onnx_rmpe.torch.training import loss_fn, make_optimizer, make_schedule, shift_images
-from tests.helpers import accuracy, export_torch, run, train
+from tests.helpers import accuracy, run
 
 
 @pytest.fixture(scope="module")
-def relu_model(digits_data):
-    """A small fully trained ReLU CNN on digits (ReLU accuracy measured 0.98)."""
-    (x, y), _ = digits_data
-    torch.set_num_threads(1)  # training and the teacher session: one thread each
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
-        torch.nn.AvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(8 * 16, 32), torch.nn.ReLU(),
-        torch.nn.Linear(32, 10))
-    return export_torch(train(net, x, y, epochs=15), x)
+def relu_model(digits_relu_cnn):
+    return digits_relu_cnn
 
 
 BAD_OPTIONS = [

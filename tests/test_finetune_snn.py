@@ -14,19 +14,12 @@ from onnx_rmpe.runtime.neurons import if_reference
 from onnx_rmpe.torch.interpreter import OnnxModule
 from onnx_rmpe.torch.surrogate import SpikeFunction, cumsum_op, if_neuron
 from onnx_rmpe.torch.training import loss_fn
-from tests.helpers import accuracy, export_torch, run, train
+from tests.helpers import accuracy, run
 
 
 @pytest.fixture(scope="module")
-def relu_model(digits_data):
-    (x, y), _ = digits_data
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
-        torch.nn.AvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(8 * 16, 32), torch.nn.ReLU(),
-        torch.nn.Linear(32, 10))
-    return export_torch(train(net, x, y, epochs=15), x)
+def relu_model(digits_relu_cnn):
+    return digits_relu_cnn
 
 
 @pytest.fixture(scope="module")
