@@ -26,15 +26,23 @@ _ITEMSIZE = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.Tensor
              onnx.TensorProto.INT64: 8, onnx.TensorProto.INT32: 4, onnx.TensorProto.BOOL: 1}
 
 
-def available_memory() -> int:
-    """Bytes of memory available to a new process (``MemAvailable``, else free pages)."""
+def _proc_kib(path: str, key: str) -> int | None:
+    """Bytes of the ``key:`` line (in kB) of a /proc file, or None where it is missing."""
     try:
-        with open("/proc/meminfo") as fh:
+        with open(path) as fh:
             for line in fh:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new process (``MemAvailable``, else free pages)."""
+    found = _proc_kib("/proc/meminfo", "MemAvailable")
+    if found is not None:
+        return found
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
     except (ValueError, OSError, AttributeError):
@@ -103,14 +111,7 @@ def plan_batch(model: onnx.ModelProto, batch_size: int, budget: int | None, *,
 
 def resident_bytes() -> int:
     """The process's resident memory now (``VmRSS``; 0 where /proc is not available)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _proc_kib("/proc/self/status", "VmRSS") or 0
 
 
 def plan_batch_within(model: onnx.ModelProto, batch_size: int, budget: int | None, *,
