@@ -380,3 +380,31 @@ def test_cli_lrn_model_refused_in_one_line_and_inspected(tmp_path):
     shown = CliRunner().invoke(cli, ["inspect", str(path)])
     assert shown.exit_code == 0, shown.output
     assert "blocks conversion: 2 node(s)" in shown.output and "(LRN)" in shown.output
+
+
+# --- cost bounds of the default steps at ImageNet size ---------------------------------
+
+def test_refine_skipped_above_its_work_budget(resnet, digits_data, monkeypatch, caplog):
+    """The default refinement (hundreds of SNN passes) is skipped, with a log line, when its
+    estimated MACs exceed ``refine.MAX_MACS``; the search and RMPE still run, and the weight
+    reconstruction (``auto``) is skipped with it. Just under and just over the estimate."""
+    from onnx_rmpe import refine
+    from onnx_rmpe.runtime.synops import model_macs
+
+    (x, _), _ = digits_data
+    calib = Dataset(x[:32])
+    plain = convert(resnet, T=2, calib=calib.x, thresholds="percentile", rmpe=False,
+                    threads=1)
+    layers = len(plain.thresholds)
+    macs = sum(model_macs(plain.qcfs, calib.x[:1]).values())
+    need = refine.estimated_macs(layers, macs, len(calib), 2)
+    assert need == 2 * (1 + 4 * layers) * 2 * 32 * macs > 0
+    monkeypatch.setattr(refine, "MAX_MACS", need * 1.01)
+    assert refine.affordable(plain.qcfs, calib, T=2, layers=layers)
+    monkeypatch.setattr(refine, "MAX_MACS", need * 0.99)
+    with caplog.at_level(logging.INFO, logger="onnx_rmpe.refine"):
+        assert not refine.affordable(plain.qcfs, calib, T=2, layers=layers)
+        result = convert(resnet, T=2, calib=calib.x, threads=1)
+    assert "refine skipped" in caplog.text and "MAX_MACS" in caplog.text
+    assert result.threshold_refine == [] and result.reconstruction is None
+    assert len(result.threshold_search) == layers and result.calibration is not None
