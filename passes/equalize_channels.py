@@ -16,8 +16,11 @@ through Max/AveragePools, which commute with a positive scale) and every layer t
 the activation scales its input channel ``c`` by ``1 / s_c`` (Conv weights of that input
 channel, any group; Gemm rows; BatchNormalization ``gamma' = gamma / s``,
 ``mean' = mean * s``; through pools, Identity, Flatten of a 1x1 map and Concat on the
-channel axis). A layer whose producer or readers are anything else (an Add, a graph
-output, a shape op) is left as it is (logged at DEBUG with the reason).
+channel axis; through a ShuffleNet channel shuffle ``Reshape([N, g, C/g, H, W]) ->
+Transpose(0, 2, 1, 3, 4) -> Reshape([N, C, H, W])``, which only permutes the channels, the
+factors follow the permutation: output channel ``j = k * g + i`` is input channel
+``i * C/g + k``). A layer whose producer or readers are anything else (an Add, a graph
+output, another shape op) is left as it is (logged at DEBUG with the reason).
 
 Invariant: the QCFS graph computes the same function (to float rounding), with the
 per-channel thresholds ``min(lam_c, cap)`` given; every QCFS node keeps one scalar
@@ -113,6 +116,10 @@ def _readers(tensor: gs.Tensor, factor: np.ndarray, found: list,
             reason = f"'{tensor.name}' is not only the first input of {node.op} '{node.name}'"
         elif node.op in _THROUGH or (node.op == "Flatten" and _is_1x1(tensor)):
             reason = _readers(node.outputs[0], factor, found, outputs)
+        elif node.op == "Reshape" and isinstance(shuffle := _shuffle(node, factor.size,
+                                                                     outputs), tuple):
+            out, order = shuffle  # channel j of the shuffle's output is input channel order[j]
+            reason = _readers(out, factor[order], found, outputs)
         elif node.op in ("Conv", "BatchNormalization", "Gemm") and _absorbs(node, factor.size):
             found.append((node, factor))
             reason = None
@@ -140,6 +147,28 @@ def _concat(node: gs.Node, tensor: gs.Tensor, factor: np.ndarray, found: list,
             start = sum(sizes[:i])
             full[start:start + sizes[i]] *= factor
     return _readers(node.outputs[0], full, found, outputs)
+
+
+def _shuffle(node: gs.Node, size: int, outputs: set[str]) -> tuple[gs.Tensor, np.ndarray] | None:
+    """A channel shuffle ``Reshape([N, g, C/g, H, W]) -> Transpose(0, 2, 1, 3, 4) ->
+    Reshape([N, C, H, W])`` starting at ``node``: its output and the channel order."""
+    first = const_value(node.inputs[1])
+    if first is None or first.ndim != 1 or len(first) != 5 or first[1] * first[2] != size:
+        return None
+    chain = [node]
+    for op in ("Transpose", "Reshape"):
+        out = chain[-1].outputs[0]
+        if len(out.outputs) != 1 or out.name in outputs or out.outputs[0].op != op \
+                or out.outputs[0].inputs[0] is not out:
+            return None
+        chain.append(out.outputs[0])
+    perm = list(chain[1].attrs.get("perm", []))
+    last = const_value(chain[2].inputs[1])
+    if perm != [0, 2, 1, 3, 4] or last is None or last.ndim != 1 or len(last) != 4 \
+            or last[1] != size:
+        return None
+    groups = int(first[1])
+    return chain[2].outputs[0], np.arange(size).reshape(groups, size // groups).T.reshape(-1)
 
 
 def _is_1x1(tensor: gs.Tensor) -> bool:
