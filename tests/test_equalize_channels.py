@@ -192,16 +192,18 @@ def shuffle_net(rng: np.random.Generator) -> onnx.ModelProto:
 
 
 def test_scales_follow_the_channel_shuffle():
-    """Through a channel shuffle the scales are permuted: the rescaled graph equals the QCFS
-    net with per-channel thresholds ``lam_c`` [C, 1, 1] (exact to float rounding), and the
-    per-channel QCFS ANN is closer to the ANN than one threshold per layer."""
+    """With ``through_shuffle`` the scales are permuted through a channel shuffle: the
+    rescaled graph equals the QCFS net with per-channel thresholds ``lam_c`` [C, 1, 1]
+    (exact to float rounding). By default (off: the SNN did not gain from it, see
+    BENCHMARKS.md) the layer before the shuffle keeps one threshold."""
     rng = np.random.default_rng(3)
     ann = shuffle_net(rng)
     x = rng.uniform(0, 1, (48, 2, 6, 6)).astype(np.float32)
     scalar, lams = build_qcfs(ann, Dataset(x[:32]), levels=8, threads=1, per_channel=False)
     nodes = _qcfs_nodes(scalar)
     ranges = {n.name: lams[n.name] * rng.uniform(0.05, 1.5, 4) for n in nodes}
-    equalize = FunctionPass("equalize_channels", equalize_channels, ranges=ranges)
+    equalize = FunctionPass("equalize_channels", equalize_channels, ranges=ranges,
+                            through_shuffle=True)
     graph, changed = equalize(to_graph(prepare(scalar)), check=True)
     assert changed and not equalize.skipped, equalize.skipped  # both layers rescaled
     reference = onnx.ModelProto.FromString(scalar.SerializeToString())
@@ -212,6 +214,6 @@ def test_scales_follow_the_channel_shuffle():
     want = run(reference, x[32:])[0]
     np.testing.assert_allclose(run(to_model(graph, keep_shapes=True), x[32:])[0], want,
                                rtol=0, atol=1e-4 * float(np.abs(want).max()))
-    channel, _ = build_qcfs(ann, Dataset(x[:32]), levels=8, threads=1)
-    errors = [_relative_error(m, ann, x[32:]) for m in (scalar, channel)]
-    assert errors[1] < errors[0] / 2, errors
+    default = FunctionPass("equalize_channels", equalize_channels, ranges=ranges)
+    default(to_graph(prepare(scalar)), check=True)
+    assert len(default.skipped) == 1 and "Reshape" in default.skipped[0], default.skipped
