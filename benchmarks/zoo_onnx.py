@@ -73,7 +73,9 @@ def _convert_child(name: str, T: int, samples: int, queue) -> None:
         cal = result.calibration
         out = {"outcome": "converted", "layers": len(result.thresholds),
                "rmpe": "accepted" if cal and cal.accepted else "rejected",
-               "cache_mib": round(cal.spike_cache_bytes / 2**20, 1) if cal else 0.0}
+               "cache_mib": round(cal.spike_cache_bytes / 2**20, 1) if cal else 0.0,
+               "refine": "ran" if result.threshold_refine else "skipped",
+               "reconstruct": "ran" if result.reconstruction else "skipped"}
     except ConversionError as exc:
         lines = str(exc).splitlines()
         out = {"outcome": "refused", "reason": lines[1].strip() if len(lines) > 1 else lines[0]}
@@ -147,7 +149,10 @@ def zoo(args) -> list[str]:
         cells = [f"{runs[T].get(k, runs[T].get('reason', ''))}" for T in steps
                  for k in ("seconds", "peak_rss_gib", "cache_mib")]
         rmpe = "/".join(str(runs[T].get("rmpe")) for T in steps)
-        rows.append(f"| {name} | converted ({first['layers']} spiking layers, RMPE {rmpe}) | "
+        steps_run = "/".join(f"refine {runs[T].get('refine')}, reconstruct "
+                             f"{runs[T].get('reconstruct')}" for T in steps)
+        rows.append(f"| {name} | converted ({first['layers']} spiking layers, RMPE {rmpe}; "
+                    f"{steps_run}) | "
                     + " | ".join(cells) + " | "
                     + " | ".join("n/a" if np.isnan(d) else f"{d:.3f}" for d in dist)
                     + f" | {where} |")

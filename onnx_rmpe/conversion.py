@@ -38,6 +38,7 @@ from onnx_rmpe.recipe import check_finetune_options
 from onnx_rmpe.reconstruct import ReconstructReport, reconstruct_snn, with_snn_weights
 from onnx_rmpe.refine import MAX_T as REFINE_MAX_T
 from onnx_rmpe.refine import RefineReport, refine_after_rmpe, refine_before_rmpe
+from onnx_rmpe.refine import affordable as refine_affordable
 from onnx_rmpe.runtime.memory import default_budget
 from onnx_rmpe.runtime.neurons import DEFAULT_PHI
 from onnx_rmpe.runtime.options import RuntimeOptions
@@ -234,7 +235,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     if thresholds != "percentile" and get_metadata(qcfs).get(
             "onnx_rmpe.thresholds_from") == "percentile":
         # post-training thresholds only: trained (fine-tuned) ones are the model's own
-        refining = thresholds == "refine" and T <= REFINE_MAX_T
+        refining = thresholds == "refine" and T <= REFINE_MAX_T and refine_affordable(
+            qcfs, data, T=T, layers=len(lams))
         # without refinement the search's spikes are the uncalibrated SNN's: RMPE's check
         # takes that SNN's outputs from them instead of running it once more
         found = search_thresholds_and_outputs(snn, qcfs, data, T=T, phi=DEFAULT_PHI,

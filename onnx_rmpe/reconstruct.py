@@ -60,6 +60,13 @@ RIDGES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 HOLDOUT = 4
 #: Samples per accumulation chunk (fixed, so the sums do not depend on the batch size).
 CHUNK = 32
+#: At most this many bytes of float64 im2col rows per chunk: fewer samples per chunk for
+#: large maps (224x224x64, 3x3: 231 MB a sample), set by the shapes alone.
+COL_BYTES = 256 * 2**20
+#: A group with more columns (inputs per output, plus the bias) keeps its weights: its
+#: normal matrix (8 d^2 bytes, four copies) and solves (d^3) would not fit (VGG-19's first
+#: Gemm: d = 25089, 5 GB a copy).
+MAX_COLUMNS = 8192
 MODES = ("weights", "bias")
 
 
@@ -139,6 +146,13 @@ def _unsupported(node: onnx.NodeProto, inits) -> str | None:
             return "Gemm with transA, alpha or beta"
     elif attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
         return "Conv with auto_pad"
+    if node.op_type not in ("Conv", "Gemm") or len(node.input) < 2:
+        return None
+    w = inits[node.input[1]].dims
+    columns = (w[0] if attrs.get("transB", 0) else w[-1]) if node.op_type == "Gemm" else \
+        int(np.prod(w[1:]))
+    if columns + 1 > MAX_COLUMNS:
+        return f"{columns + 1} columns, above MAX_COLUMNS = {MAX_COLUMNS}"
     return None
 
 
@@ -231,7 +245,13 @@ def _choose_ridge(fit_part, held_part, g: int, old: np.ndarray, mode: str) -> fl
 def _moments(node, attrs, x: np.ndarray, z: np.ndarray, groups: int, mg: int):
     """Per group: X^T X, X^T Z and Z^T Z (trace) in float64, X with a ones column."""
     xtx, xtz, ztz = None, None, None
-    for sl in batches(len(x), CHUNK):
+    if node.op_type == "Conv":  # im2col rows and columns of one sample
+        rows = int(np.prod(z.shape[2:]))
+        columns = x.shape[1] // groups * int(np.prod(attrs["kernel_shape"])) + 1
+    else:
+        rows, columns = 1, x[:1].size + 1
+    chunk = int(np.clip(COL_BYTES // (rows * groups * columns * 8), 1, CHUNK))
+    for sl in batches(len(x), chunk):
         if node.op_type == "Gemm":
             cols = x[sl].reshape(sl.stop - sl.start, -1)[:, None, :]       # [rows, 1, K]
             zz = z[sl].reshape(sl.stop - sl.start, -1)
@@ -241,8 +261,9 @@ def _moments(node, attrs, x: np.ndarray, z: np.ndarray, groups: int, mg: int):
         ones = np.ones(cols.shape[:2] + (1,), np.float32)
         cols = np.concatenate([cols, ones], axis=2).astype(np.float64)
         zz = zz.astype(np.float64).reshape(len(zz), groups, mg)
-        a = np.einsum("rgi,rgj->gij", cols, cols)
-        c = np.einsum("rgi,rgj->gij", cols, zz)
+        by_group = cols.transpose(1, 2, 0)                     # [g, d, rows]: BLAS products
+        a = np.matmul(by_group, cols.transpose(1, 0, 2))
+        c = np.matmul(by_group, zz.transpose(1, 0, 2))
         e = np.einsum("rgj,rgj->g", zz, zz)
         xtx, xtz, ztz = (a, c, e) if xtx is None else (xtx + a, xtz + c, ztz + e)
     return xtx, xtz, ztz
@@ -316,5 +337,5 @@ def with_snn_weights(qcfs: onnx.ModelProto, snn: onnx.ModelProto) -> onnx.ModelP
     return model
 
 
-__all__ = ["CHUNK", "HOLDOUT", "MODES", "RIDGES", "LayerFit", "ReconstructReport", "reconstruct",
-           "reconstruct_snn", "with_snn_weights"]
+__all__ = ["CHUNK", "COL_BYTES", "HOLDOUT", "MAX_COLUMNS", "MODES", "RIDGES", "LayerFit",
+           "ReconstructReport", "reconstruct", "reconstruct_snn", "with_snn_weights"]

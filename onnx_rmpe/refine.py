@@ -60,6 +60,12 @@ FINE = float(2.0 ** 0.25)
 MAX_T = 8
 #: A move is accepted only when it lowers the output error by this fraction.
 TIE = 1e-3
+#: ``convert`` skips the refinement when its estimated work (:func:`estimated_macs`) is above
+#: this many multiply-accumulates: at ImageNet size it is hundreds of SNN passes (measured:
+#: light SqueezeNet at 224x224, T=4, 4 samples, 1.2e12 MACs: 370 s of refinement at load
+#: 3, a 966 s conversion at load 10 against 16 s without; ResNet-50 would be 2.6e13,
+#: hours). The Fashion-MNIST nets at 512 samples and T=8 stay under 0.7e12.
+MAX_MACS = 1e12
 
 
 @dataclass
@@ -182,6 +188,29 @@ def with_thresholds(snn: onnx.ModelProto, thresholds: dict[str, float]) -> onnx.
     return model
 
 
+def estimated_macs(layers: int, macs_per_sample: int, samples: int, T: int) -> float:
+    """Lower bound of the MACs of ``convert``'s two refinements: ``2 * (1 + 4 * layers)``
+    SNN passes of ``T`` steps over ``samples`` inputs (dense MACs, spikes counted as MACs)."""
+    return 2.0 * (1 + 4 * layers) * T * samples * float(macs_per_sample)
+
+
+def affordable(qcfs: onnx.ModelProto, data: Dataset, *, T: int, layers: int) -> bool:
+    """Whether ``convert`` refines: :func:`estimated_macs` at most :data:`MAX_MACS`
+    (deterministic: from the model's shapes, not from a clock); logs why when it does not."""
+    from onnx_rmpe.runtime.synops import model_macs
+
+    macs = sum(model_macs(qcfs, data.x[:1]).values())
+    work = estimated_macs(layers, macs, len(data), T)
+    if work <= MAX_MACS:
+        return True
+    logger.info("refine skipped: %d layer(s) x %.3g MACs per sample x %d sample(s) x T=%d "
+                "is about %.2g MACs (at least %d SNN passes), above onnx_rmpe.refine.MAX_MACS "
+                "= %.2g; thresholds from the per-layer search (reconstruct='auto' skips the weight "
+                "reconstruction with it)", layers, macs, len(data), T,
+                work, 2 * (1 + 4 * layers), MAX_MACS)
+    return False
+
+
 def refine_before_rmpe(qcfs: onnx.ModelProto, thresholds: dict[str, float], data: Dataset, *,
                        to_snn: Callable[[onnx.ModelProto], onnx.ModelProto],
                        **run) -> tuple[dict[str, float], RefineReport]:
@@ -206,5 +235,6 @@ def refine_after_rmpe(snn: onnx.ModelProto, qcfs: onnx.ModelProto, thresholds: d
     return with_thresholds(snn, chosen), set_thresholds(qcfs, chosen), chosen, report
 
 
-__all__ = ["FINE", "MAX_STEPS", "MAX_T", "STEP", "RefineReport", "refine_after_rmpe",
-           "refine_before_rmpe", "refine_thresholds", "with_thresholds"]
+__all__ = ["FINE", "MAX_MACS", "MAX_STEPS", "MAX_T", "STEP", "RefineReport", "affordable",
+           "estimated_macs", "refine_after_rmpe", "refine_before_rmpe", "refine_thresholds",
+           "with_thresholds"]

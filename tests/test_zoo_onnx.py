@@ -8,6 +8,7 @@ import logging
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 from onnx import helper
 
@@ -382,3 +383,67 @@ def test_cli_lrn_model_refused_in_one_line_and_inspected(tmp_path):
     shown = CliRunner().invoke(cli, ["inspect", str(path)])
     assert shown.exit_code == 0, shown.output
     assert "blocks conversion: 2 node(s)" in shown.output and "(LRN)" in shown.output
+
+
+# --- cost bounds of the default steps at ImageNet size ---------------------------------
+
+def test_refine_skipped_above_its_work_budget(resnet, digits_data, monkeypatch, caplog):
+    """The default refinement (hundreds of SNN passes) is skipped, with a log line, when its
+    estimated MACs exceed ``refine.MAX_MACS``; the search and RMPE still run, and the weight
+    reconstruction (``auto``) is skipped with it. Just under and just over the estimate."""
+    from onnx_rmpe import refine
+    from onnx_rmpe.runtime.synops import model_macs
+
+    (x, _), _ = digits_data
+    calib = Dataset(x[:32])
+    plain = convert(resnet, T=2, calib=calib.x, thresholds="percentile", rmpe=False,
+                    threads=1)
+    layers = len(plain.thresholds)
+    macs = sum(model_macs(plain.qcfs, calib.x[:1]).values())
+    need = refine.estimated_macs(layers, macs, len(calib), 2)
+    assert need == 2 * (1 + 4 * layers) * 2 * 32 * macs > 0
+    monkeypatch.setattr(refine, "MAX_MACS", need * 1.01)
+    assert refine.affordable(plain.qcfs, calib, T=2, layers=layers)
+    monkeypatch.setattr(refine, "MAX_MACS", need * 0.99)
+    with caplog.at_level(logging.INFO, logger="onnx_rmpe.refine"):
+        assert not refine.affordable(plain.qcfs, calib, T=2, layers=layers)
+        result = convert(resnet, T=2, calib=calib.x, threads=1)
+    assert "refine skipped" in caplog.text and "MAX_MACS" in caplog.text
+    assert result.threshold_refine == [] and result.reconstruction is None
+    assert len(result.threshold_search) == layers and result.calibration is not None
+
+
+def test_reconstruct_bounded_chunks_and_columns(rng, monkeypatch):
+    """Weight reconstruction at ImageNet size: im2col chunks bounded by ``COL_BYTES`` (one
+    sample a chunk here) give the same fit to float64 rounding; a layer with more than
+    ``MAX_COLUMNS`` inputs keeps its weights (VGG-19's 25088-input Gemm), with its reason."""
+    from onnx_rmpe import reconstruct as rec
+    from onnx_rmpe.pipeline import build_qcfs, qcfs_to_snn
+    from onnx_rmpe.thresholds import relu_reference
+
+    tail = [helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+            helper.make_node("Conv", ["r2", "w3"], ["c3"], name="conv3", pads=[1, 1, 1, 1]),
+            helper.make_node("GlobalAveragePool", ["c3"], ["g"]),
+            helper.make_node("Flatten", ["g"], ["y"])]
+    w3 = rng.normal(0, 0.5, (3, 4, 3, 3)).astype(np.float32)
+    model = _conv_net(rng, tail, [("w3", w3)], ["N", 3])
+    data = Dataset(rng.normal(size=(12, 2, 6, 6)).astype(np.float32))
+    qcfs, _ = build_qcfs(model, data, threads=1)
+    snn, relu = qcfs_to_snn(qcfs, T=2), relu_reference(qcfs)
+
+    def weights(m):
+        return {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
+
+    whole, report = rec.reconstruct(snn, relu, data, T=2, threads=1)
+    assert [f.name for f in report.layers] == ["conv2", "conv3"]
+    assert all(f.error_after < f.error_before for f in report.layers)
+    monkeypatch.setattr(rec, "COL_BYTES", 1)  # one sample a chunk
+    chunked, _ = rec.reconstruct(snn, relu, data, T=2, threads=1)
+    for name, w in weights(whole).items():
+        np.testing.assert_allclose(weights(chunked)[name], w, rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(rec, "MAX_COLUMNS", 4 * 9)  # conv3 has 4 * 3 * 3 + 1 columns
+    bounded, small = rec.reconstruct(snn, relu, data, T=2, threads=1)
+    assert [f.name for f in small.layers] == ["conv2"]
+    w3_name = next(n.input[1] for n in snn.graph.node if n.name == "conv3")
+    np.testing.assert_array_equal(weights(bounded)[w3_name], weights(snn)[w3_name])
+    assert not np.array_equal(weights(whole)[w3_name], weights(snn)[w3_name])
