@@ -22,7 +22,10 @@ the batch) fits.
 
 **Unrolled** (:func:`snn_to_unrolled`): the streaming step written ``T`` times into one
 graph (:mod:`onnx_rmpe.passes.unroll_steps`): the multi-step model's inputs and outputs,
-each layer on ``[N, ...]`` per step (no tensor of T steps), bit-identical outputs.
+each layer on ``[N, ...]`` per step (no tensor of T steps). Its IF steps are then written
+with ops onnxruntime keeps in its NCHWc layout (:mod:`onnx_rmpe.passes.blocked_if_step`:
+the same spikes bit for bit for the same potentials; onnxruntime's Conv+Sum fusion may
+round ``v + x`` differently, so the outputs are equal up to float rounding).
 """
 
 from __future__ import annotations
