@@ -162,7 +162,10 @@ def prepare(workdir: Path, kind: str, Ts: list[int]) -> dict:
     x = np.random.default_rng(0).random((256, 1, 28, 28), dtype=np.float32)
     ann = export_torch(build_net(kind), x)
     onnx.save(ann, str(workdir / f"{kind}_ann.onnx"))
-    res = convert(ann, T=Ts[0], calib=x, rmpe=False)
+    # percentile thresholds: the timing does not depend on how they were chosen, and the
+    # threshold search of the default conversion took minutes per net on the loaded machine
+    res = convert(ann, T=Ts[0], calib=x, rmpe=False, thresholds="percentile",
+                  reconstruct="none")
     thetas = [float(onnx.numpy_helper.to_array(i)) for n in res.snn.graph.node
               if n.op_type == "IFNeuron" for i in res.snn.graph.initializer if i.name == n.input[1]]
     for T in Ts:
@@ -316,6 +319,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="fewer configs and rounds (smoke run)")
     p.add_argument("--threads", default="1,2", help="thread counts to measure")
     p.add_argument("--out", default=str(HERE / "results" / "runtime.md"))
+    p.add_argument("--kinds", default="vgg,resnet", help="networks to measure")
+    p.add_argument("--Ts", default=None, help="time steps (default 4,8,32; --quick 4,8)")
     args = p.parse_args()
     import logging
     logging.basicConfig(level=logging.WARNING)
@@ -324,8 +329,9 @@ def main() -> None:
         methods = METHODS
     except ImportError:
         methods = [m for m in METHODS if m != "sj"]
-    Ts = [4, 8] if args.quick else [4, 8, 32]
-    kinds, batches = ["vgg", "resnet"], [1, 64]
+    Ts = [int(t) for t in args.Ts.split(",")] if args.Ts else [4, 8] if args.quick \
+        else [4, 8, 32]
+    kinds, batches = args.kinds.split(","), [1, 64]
     threads = [int(t) for t in args.threads.split(",")]
     start = time.time()
     load_start = os.getloadavg()[0]
@@ -377,7 +383,7 @@ def write_report(path: Path, rows, mem_rows, prof, seconds: float, quick: bool,
         sj = "missing"
     lines = [
         "# Runtime benchmark", "",
-        f"Command: `python benchmarks/runtime.py{' --quick' if quick else ''}` "
+        f"Command: `python benchmarks/runtime.py{''.join(' ' + a for a in sys.argv[1:])}` "
         f"({seconds / 60:.1f} min)  ",
         f"Date: {datetime.date.today()}  ",
         f"Machine: 2-core shared CPU ({platform.processor() or platform.machine()}), no GPU; "
