@@ -320,6 +320,8 @@ def main() -> None:
     p.add_argument("--threads", default="1,2", help="thread counts to measure")
     p.add_argument("--out", default=str(HERE / "results" / "runtime.md"))
     p.add_argument("--kinds", default="vgg,resnet", help="networks to measure")
+    p.add_argument("--mem-methods", default=None,
+                   help="methods whose peak memory is measured (default: all)")
     p.add_argument("--Ts", default=None, help="time steps (default 4,8,32; --quick 4,8)")
     args = p.parse_args()
     import logging
@@ -333,6 +335,8 @@ def main() -> None:
         else [4, 8, 32]
     kinds, batches = args.kinds.split(","), [1, 64]
     threads = [int(t) for t in args.threads.split(",")]
+    mem_methods = [m for m in methods if args.mem_methods is None
+                   or m in args.mem_methods.split(",")]
     start = time.time()
     load_start = os.getloadavg()[0]
     rows, mem_rows = [], []
@@ -357,13 +361,13 @@ def main() -> None:
                         logging.warning("%s T=%d batch=%d threads=%d: %s", kind, T, batch, th,
                                         {k: round(v, 1) for k, v in r["ms"].items()})
             for T in Ts[1:]:
-                mem = {m: measure_memory(workdir, kind, T, 64, m) for m in methods}
+                mem = {m: measure_memory(workdir, kind, T, 64, m) for m in mem_methods}
                 mem_rows.append({"kind": kind, "T": T, "mem": mem})
                 logging.warning("%s T=%d memory %s", kind, T, mem)
         prof = {(kind, form): profile(workdir, kind, 8, 64, form) for kind in kinds
                 for form in ("scan", "netplain", "net")}
     write_report(Path(args.out), rows, mem_rows, prof, time.time() - start, args.quick,
-                 methods, load_start)
+                 methods, load_start, mem_methods)
 
 
 def _exactness(row: dict, method: str) -> str:
@@ -373,7 +377,9 @@ def _exactness(row: dict, method: str) -> str:
 
 
 def write_report(path: Path, rows, mem_rows, prof, seconds: float, quick: bool,
-                 methods: list[str], load_start: float = float("nan")) -> None:
+                 methods: list[str], load_start: float = float("nan"),
+                 mem_methods: list[str] | None = None) -> None:
+    mem_methods = mem_methods or methods
     import onnxruntime
     import torch
     try:
@@ -410,12 +416,12 @@ def write_report(path: Path, rows, mem_rows, prof, seconds: float, quick: bool,
     lines += ["", "## Peak memory, batch 64, 1 thread (MiB; subprocess per config)", "",
               "Peak = VmHWM (peak RSS) of the whole process (imports included: torch for SJ); "
               "growth = peak minus the RSS after loading the model.", "",
-              "| net | T | " + " | ".join(f"{m} peak / growth" for m in methods) + " |",
-              "|---|---|" + "---|" * len(methods)]
+              "| net | T | " + " | ".join(f"{m} peak / growth" for m in mem_methods) + " |",
+              "|---|---|" + "---|" * len(mem_methods)]
     for r in mem_rows:
         m = r["mem"]
         lines.append(f"| {r['kind']} | {r['T']} | " + " | ".join(
-            f"{m[k]['peak']:.0f} / {m[k]['growth']:.0f}" for k in methods) + " |")
+            f"{m[k]['peak']:.0f} / {m[k]['growth']:.0f}" for k in mem_methods) + " |")
     lines += ["", "## onnxruntime profile (T=8, batch 64, 1 thread), kernel time share by op "
               "(Conv includes the blocked IF step's depthwise 1x1 convs)",
               ""]
