@@ -358,8 +358,9 @@ def main() -> None:
                         r = time_config(workdir, kind, T, batch, thetas[kind], rounds, th, ms)
                         r.update(kind=kind, T=T, batch=batch, rounds=rounds, threads=th)
                         rows.append(r)
-                        logging.warning("%s T=%d batch=%d threads=%d: %s", kind, T, batch, th,
-                                        {k: round(v, 1) for k, v in r["ms"].items()})
+                        logging.warning("%s T=%d batch=%d threads=%d: wall %s cpu %s", kind, T,
+                                        batch, th, {k: round(v, 1) for k, v in r["ms"].items()},
+                                        {k: round(v, 1) for k, v in r["cpu_ms"].items()})
             for T in Ts[1:]:
                 mem = {m: measure_memory(workdir, kind, T, 64, m) for m in mem_methods}
                 mem_rows.append({"kind": kind, "T": T, "mem": mem})
