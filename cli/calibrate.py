@@ -32,11 +32,14 @@ from onnx_rmpe.runtime.options import RuntimeOptions
               show_default=True, help="One initial potential per neuron or per channel.")
 @click.option("--rmpe-sweeps", default=1, show_default=True, type=int,
               help="Front-to-back calibration sweeps.")
+@click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
+              help="ray: run the RMPE calibration's ANN-target pass on a Ray cluster "
+                   "(RAY_ADDRESS, else a local one); needs onnx-rmpe[ray].")
 @runtime_options
 @json_option
 def calibrate_cmd(model: Path, qcfs: Path, calib: Path, output: Path | None, calib_samples: int,
-                  rmpe_granularity: str, rmpe_sweeps: int, runtime: RuntimeOptions,
-                  json_path: Path | None) -> None:
+                  rmpe_granularity: str, rmpe_sweeps: int, engine: str,
+                  runtime: RuntimeOptions, json_path: Path | None) -> None:
     """RMPE-calibrate the SNN MODEL against its QCFS ANN on CALIB data."""
     from onnx_rmpe.calibration import calibrate
 
@@ -45,7 +48,7 @@ def calibrate_cmd(model: Path, qcfs: Path, calib: Path, output: Path | None, cal
                   {"model": model, "qcfs": qcfs, "calib": calib})
     result = calibrate(model, qcfs, calib, output=output, samples=calib_samples,
                        granularity=rmpe_granularity, sweeps=rmpe_sweeps, runtime=runtime,
-                       progress=not quiet())
+                       engine=engine, progress=not quiet())
     if not quiet():
         print_calibration(result)
     click.echo(f"wrote SNN {result.output_path}")

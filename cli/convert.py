@@ -71,6 +71,9 @@ from onnx_rmpe.runtime.options import RuntimeOptions
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Also write the SNN report (firing rates, SynOps, energy, plots) on the "
                    "calibration data into this folder.")
+@click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
+              help="ray: run the RMPE calibration's ANN-target pass on a Ray cluster "
+                   "(RAY_ADDRESS, else a local one); needs onnx-rmpe[ray].")
 @runtime_options
 @json_option
 def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, levels: int | None,
@@ -80,7 +83,7 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
                 save_qcfs: Path | None, report_dir: Path | None,
                 runtime: RuntimeOptions, json_path: Path | None,
                 thresholds: str = "refine", per_channel: bool = True,
-                reconstruct: str = "auto") -> None:
+                reconstruct: str = "auto", engine: str = "local") -> None:
     """Convert MODEL (an ONNX ReLU or QCFS network) into an IF-neuron SNN for T steps."""
     from onnx_rmpe.conversion import convert, target_path_for
 
@@ -97,7 +100,7 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
                      finetune_options=finetune_options, save_qcfs=save_qcfs,
                      progress=not quiet(),
                      report_dir=report_dir, thresholds=thresholds, per_channel=per_channel,
-                     reconstruct=reconstruct)
+                     reconstruct=reconstruct, engine=engine)
     if result.finetune is not None:
         echo_finetune(result.finetune)
     click.echo(f"converted {model}: {len(result.thresholds)} spiking layer(s), T={T}, "

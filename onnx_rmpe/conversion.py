@@ -144,7 +144,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
             runtime: RuntimeOptions | None = None,
             progress: bool = False,
             report_dir: str | os.PathLike | None = None,
-            per_channel: bool = True) -> ConversionResult:
+            per_channel: bool = True, engine: str = "local") -> ConversionResult:
     """Convert an ONNX ANN into a multi-step IF-neuron SNN, RMPE-calibrated for ``T``.
 
     ``calib`` (path, array, ``(x, y)`` or :class:`Dataset`; the first ``calib_samples``
@@ -180,6 +180,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     calibration samples and write it there (``result.report``).
     ``per_channel``: a QCFS threshold per channel where the layers around an activation
     allow it (:mod:`onnx_rmpe.passes.equalize_channels`); ``False``: one per layer.
+    ``engine``: ``ray`` runs the RMPE calibration's ANN-target pass on a Ray cluster (see
+    :func:`onnx_rmpe.calibrate`; same potentials); ``local`` (default) in this process.
     """
     batch_size, threads, device, max_memory = RuntimeOptions.resolve(
         runtime, batch_size=batch_size, threads=threads, device=device, providers=providers,
@@ -262,7 +264,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
                                 reference=qcfs if is_qcfs(proto) else
                                 qcfs_with_levels(qcfs, CLIP_LEVELS),
                                 threads=threads, device=device, max_memory=max_memory,
-                                progress=progress, uncalibrated_outputs=uncalibrated)
+                                progress=progress, uncalibrated_outputs=uncalibrated,
+                                engine=engine)
         snn = calibration.snn
         if refined:
             snn, qcfs, chosen, report = refine_after_rmpe(snn, qcfs, chosen, data, **run)

@@ -64,7 +64,7 @@ def evaluate(model: str | os.PathLike | onnx.ModelProto, data, *,
     ``steps`` selects which steps to report (default: all). ``max_memory`` (bytes; default
     half the available memory) bounds the batch size. ``unroll`` runs a multi-step
     SNN in its network-unrolled form (:func:`onnx_rmpe.forms.snn_to_unrolled`: the same
-    outputs bit for bit, faster in benchmarks/runtime.py); default: when T <= 64.
+    outputs up to float rounding, faster in benchmarks/runtime.py); default: when T <= 64.
     ``engine``: ``local`` runs the batches in this process; ``ray`` runs them as Ray Data
     ``map_batches`` over one onnxruntime session per Ray actor, on the cluster this process
     is connected to or that ``RAY_ADDRESS`` names, else a local one

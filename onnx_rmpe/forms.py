@@ -22,7 +22,10 @@ the batch) fits.
 
 **Unrolled** (:func:`snn_to_unrolled`): the streaming step written ``T`` times into one
 graph (:mod:`onnx_rmpe.passes.unroll_steps`): the multi-step model's inputs and outputs,
-each layer on ``[N, ...]`` per step (no tensor of T steps), bit-identical outputs.
+each layer on ``[N, ...]`` per step (no tensor of T steps). Its IF steps are then written
+with ops onnxruntime keeps in its NCHWc layout (:mod:`onnx_rmpe.passes.blocked_if_step`:
+the same spikes bit for bit for the same potentials; onnxruntime's Conv+Sum fusion may
+round ``v + x`` differently, so the outputs are equal up to float rounding).
 """
 
 from __future__ import annotations
@@ -44,7 +47,12 @@ from onnx_rmpe.modelio import (
 )
 from onnx_rmpe.ops import DEFAULT_PHI, DOMAIN, IF_OP, NEXT_SUFFIX, STEP_STATE
 from onnx_rmpe.passes.base import run_passes
-from onnx_rmpe.passes.pipeline import if_passes, streaming_passes, unrolled_passes
+from onnx_rmpe.passes.pipeline import (
+    blocked_step_passes,
+    if_passes,
+    streaming_passes,
+    unrolled_passes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -140,15 +148,31 @@ def snn_to_chunked(qcfs: onnx.ModelProto, snn: onnx.ModelProto, *, chunk: int,
     return batch_state_shapes(model)
 
 
-def snn_to_unrolled(snn: onnx.ModelProto) -> onnx.ModelProto:
-    """The network-unrolled form of a multi-step SNN (same inputs, outputs and values)."""
+#: IF steps of the network-unrolled form: ``blocked`` (depthwise 1x1 convs and Relus that
+#: onnxruntime keeps in its NCHWc layout, :mod:`onnx_rmpe.passes.blocked_if_step`) or
+#: ``plain`` (GreaterOrEqual / Cast / Mul / Sub, the streaming step).
+UNROLLED_STEPS = ("blocked", "plain")
+
+
+def snn_to_unrolled(snn: onnx.ModelProto, *, step: str = "blocked") -> onnx.ModelProto:
+    """The network-unrolled form of a multi-step SNN (same inputs, outputs and values).
+
+    ``step``: how each IF step is written (:data:`UNROLLED_STEPS`); both give the same
+    spikes (``blocked``: see :mod:`onnx_rmpe.passes.blocked_if_step` for the rounding).
+    """
     meta = get_metadata(snn)
     T = int(meta.get("onnx_rmpe.T", 0))
     if T < 1:
         raise OptionError("model", "the SNN has no 'onnx_rmpe.T' metadata; convert it again")
+    if step not in UNROLLED_STEPS:
+        raise OptionError("step", f"must be one of {', '.join(UNROLLED_STEPS)}, got '{step}'")
     graph = run_passes(to_graph(snn), unrolled_passes(T=T))
     meta["onnx_rmpe.kind"] = "snn-unrolled"
-    return to_model(graph, opset=default_opset(snn), metadata=meta)
+    model = to_model(graph, opset=default_opset(snn), metadata=meta)
+    if step == "blocked":
+        graph = run_passes(to_graph(infer_shapes(model)), blocked_step_passes())
+        model = to_model(graph, opset=default_opset(snn), metadata=meta)
+    return model
 
 
 def step_bytes_per_sample(model: onnx.ModelProto) -> int:
@@ -178,6 +202,5 @@ def chunk_for_budget(qcfs: onnx.ModelProto, *, T: int, batch: int, budget_mb: fl
     return fits[-1]
 
 
-__all__ = ["CHUNK_KEY", "batch_state_shapes", "chunk_for_budget", "snn_to_chunked",
-           "snn_to_streaming", "snn_to_unrolled",
-           "start_potentials"]
+__all__ = ["CHUNK_KEY", "UNROLLED_STEPS", "batch_state_shapes", "chunk_for_budget",
+           "snn_to_chunked", "snn_to_streaming", "snn_to_unrolled", "start_potentials"]

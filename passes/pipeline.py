@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from onnx_rmpe.ops import DEFAULT_PHI
 from onnx_rmpe.passes import invariants
 from onnx_rmpe.passes.base import FunctionPass, Sequential
+from onnx_rmpe.passes.blocked_if_step import blocked_if_step
 from onnx_rmpe.passes.equalize_channels import equalize_channels
 from onnx_rmpe.passes.fold_batchnorm import fold_batchnorm
 from onnx_rmpe.passes.fold_batchnorm_forward import fold_batchnorm_forward
@@ -83,5 +84,10 @@ def sequential(passes: list[FunctionPass], *, check: bool | None = None) -> Sequ
     return Sequential(*passes, check=check)
 
 
-__all__ = ["if_passes", "prepare_passes", "qcfs_passes", "sequential", "streaming_passes",
-           "unrolled_passes"]
+def blocked_step_passes() -> list[FunctionPass]:
+    """The IF steps of a network-unrolled SNN (shapes inferred) in NCHWc-friendly ops."""
+    return [FunctionPass("blocked_if_step", blocked_if_step)]
+
+
+__all__ = ["blocked_step_passes", "if_passes", "prepare_passes", "qcfs_passes", "sequential",
+           "streaming_passes", "unrolled_passes"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 
+import numpy as np
 import pytest
 
 from onnx_rmpe.conversion import convert
@@ -30,7 +31,7 @@ def tiny_models(digits_data):
     snn = convert(ann, T=4, calib=x[:256], rmpe=False, thresholds="percentile", threads=1)
     stream = convert(ann, T=4, calib=x[:256], rmpe=False, thresholds="percentile", threads=1,
                      mode="streaming")
-    return {"ann": ann, "snn": snn.snn, "streaming": stream.snn}
+    return {"ann": ann, "snn": snn.snn, "streaming": stream.snn, "qcfs": snn.qcfs}
 
 
 @pytest.mark.parametrize("kind", ["snn", "streaming"])
@@ -45,6 +46,28 @@ def test_ray_engine_gives_the_local_accuracies(ray_cluster, tiny_models, digits_
     assert remote.provider == "ray/CPUExecutionProvider"
 
 
+def test_ray_calibration_targets_give_the_local_potentials(ray_cluster, tiny_models,
+                                                          digits_data):
+    """The ANN-target pass on Ray: the same targets, so the same v_init, bit for bit."""
+    from onnx import numpy_helper
+
+    from onnx_rmpe.calibration import calibrate
+    (x, _), _ = digits_data
+    kwargs = {"batch_size": 50, "threads": 1, "check": False}  # 5 batches, the last partial
+    local = calibrate(tiny_models["snn"], tiny_models["qcfs"], x[:230], **kwargs)
+    remote = calibrate(tiny_models["snn"], tiny_models["qcfs"], x[:230], engine="ray", **kwargs)
+    assert remote.provider == "ray/CPUExecutionProvider"
+    v_inits = {}
+    for result in (local, remote):
+        ifs = [n for n in result.snn.graph.node if n.op_type == "IFNeuron"]
+        inits = {i.name: numpy_helper.to_array(i) for i in result.snn.graph.initializer}
+        v_inits[result is remote] = [inits[n.input[2]] for n in ifs]
+    assert len(v_inits[False]) == 1 and np.abs(v_inits[False][0]).max() > 0  # calibrated
+    for want, got in zip(v_inits[False], v_inits[True]):
+        np.testing.assert_array_equal(got, want)
+    assert [vars(a) for a in local.layers] == [vars(b) for b in remote.layers]
+
+
 def test_ray_engine_without_ray_names_the_extra(tiny_models, digits_data, monkeypatch):
     _, (xt, yt) = digits_data
     real_import = builtins.__import__
@@ -54,6 +77,9 @@ def test_ray_engine_without_ray_names_the_extra(tiny_models, digits_data, monkey
         evaluate(tiny_models["ann"], (xt, yt), engine="ray")
     with pytest.raises(OptionError, match="engine"):
         evaluate(tiny_models["ann"], (xt, yt), engine="spark")
+    from onnx_rmpe.calibration import calibrate
+    with pytest.raises(OptionError, match=r"onnx-rmpe\[ray\]"):
+        calibrate(tiny_models["snn"], tiny_models["qcfs"], xt[:20], engine="ray")
 
 
 def test_cli_engine_ray_without_ray_is_one_error_line(tiny_models, digits_data, tmp_path,

@@ -37,6 +37,7 @@ from onnx_rmpe.runtime.memory import cache_limit, plan_batch, plan_batch_within
 from onnx_rmpe.runtime.neurons import DEFAULT_PHI, IF_OP, QCFS_OP
 from onnx_rmpe.runtime.options import RuntimeOptions
 from onnx_rmpe.runtime.progress import progress_bar
+from onnx_rmpe.runtime.ray_engine import ENGINES, require_ray
 from onnx_rmpe.runtime.segments import readout_segment, segments
 from onnx_rmpe.runtime.session import Device
 from onnx_rmpe.runtime.spike_cache import SpikeStore
@@ -63,7 +64,8 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
               providers: Sequence[str] | None = None, max_memory: int | None = None,
               runtime: RuntimeOptions | None = None,
               progress: bool = False,
-              uncalibrated_outputs: np.ndarray | None = None) -> CalibrationResult:
+              uncalibrated_outputs: np.ndarray | None = None,
+              engine: str = "local") -> CalibrationResult:
     """Calibrate the initial potentials of ``snn`` against its QCFS ANN on ``data``.
 
     ``snn`` and ``qcfs`` (models or paths) come from :func:`onnx_rmpe.convert`; layers are
@@ -85,6 +87,10 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
     available memory) bounds the batch size of the SNN runs. ``uncalibrated_outputs``: the
     first output of ``snn`` on the first ``samples`` of ``data`` when the caller has it
     (``convert`` takes it from the threshold search), so the check does not run ``snn``.
+    ``engine``: where the ANN-target pass runs, ``local`` (this process) or ``ray`` (Ray
+    Data ``map_batches`` over onnxruntime sessions on the connected cluster, or the one
+    ``RAY_ADDRESS`` names, else a local one; needs ``onnx-rmpe[ray]``): the same targets,
+    so the same potentials, bit for bit.
     """
     batch_size, threads, device, max_memory = RuntimeOptions.resolve(
         runtime, batch_size=batch_size, threads=threads, device=device, providers=providers,
@@ -95,6 +101,9 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
     validate.integer("sweeps", sweeps, minimum=1)
     validate.batch_size(batch_size)
     validate.threads(threads)
+    validate.choice("engine", engine, ENGINES)
+    if engine == "ray":
+        require_ray()
     check_outputs({"output": output}, {k: v for k, v in (("snn", snn), ("qcfs", qcfs),
                                                          ("data", data))
                                        if isinstance(v, (str, os.PathLike))})
@@ -120,7 +129,7 @@ def calibrate(snn: onnx.ModelProto | str | os.PathLike, qcfs: onnx.ModelProto | 
         target_levels = levels if trained else max(levels, T)
     names = [s.layer.name for s in segs]
     targets, provider = _ann_means(qcfs_with_levels(qcfs, target_levels), ds, names,
-                                   batch_size, threads, device)
+                                   batch_size, threads, device, engine)
     v_inits = {s.layer.name: np.zeros((), np.float32) for s in segs}
     with tempfile.TemporaryDirectory(prefix=WORK_PREFIX) as cache_dir, \
             progress_bar(progress, "RMPE") as bar:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import numpy as np
 import onnx
@@ -14,7 +15,14 @@ from onnx_rmpe.modelio import (
     ensure_functions,
 )
 from onnx_rmpe.runtime.neurons import DOMAIN, QCFS_OP
-from onnx_rmpe.runtime.session import Device, active_provider, batches, make_session
+from onnx_rmpe.runtime.ray_engine import ray_batch_sums
+from onnx_rmpe.runtime.session import (
+    Device,
+    active_provider,
+    batches,
+    make_session,
+    resolve_providers,
+)
 from onnx_rmpe.runtime.statistics import expose_outputs
 
 logger = logging.getLogger(__name__)
@@ -40,15 +48,29 @@ def qcfs_with_levels(qcfs: onnx.ModelProto, levels: int) -> onnx.ModelProto:
     return ensure_functions(model)
 
 def _ann_means(qcfs: onnx.ModelProto, ds: Dataset, names: list[str], batch_size: int,
-               threads: int | None, device: Device) -> tuple[dict[str, np.ndarray], str]:
-    """E[a_ANN] per neuron for every QCFS node (matched to IF layers by node name)."""
+               threads: int | None, device: Device,
+               engine: str = "local") -> tuple[dict[str, np.ndarray], str]:
+    """E[a_ANN] per neuron for every QCFS node (matched to IF layers by node name).
+
+    ``engine="ray"``: the batches run as Ray Data ``map_batches`` over onnxruntime sessions
+    (:func:`onnx_rmpe.runtime.ray_engine.ray_batch_sums`), the same batches and the same
+    float64 sums in the same order: the same targets bit for bit.
+    """
     nodes = {n.name: n.output[0] for n in qcfs.graph.node}
     missing = [n for n in names if n not in nodes]
     if missing:
         raise ConversionError(f"the QCFS model has no node named {', '.join(missing)}: "
                               "give the QCFS model the SNN was converted from")
     outputs = [nodes[n] for n in names]
-    session = make_session(expose_outputs(qcfs, outputs), threads=threads, device=device)
+    exposed = expose_outputs(qcfs, outputs)
+    if engine == "ray":
+        parts = [ds.x[sl] for sl in batches(len(ds), batch_size)]
+        factory = partial(_batch_sums_on_actor, exposed.SerializeToString(), outputs, threads,
+                          device)
+        totals = ray_batch_sums(factory, parts, cpus_per_actor=float(threads or 1))
+        provider = f"ray/{resolve_providers(device)[0]}"
+        return {name: s / len(ds) for name, s in zip(names, totals)}, provider
+    session = make_session(exposed, threads=threads, device=device)
     input_name = session.get_inputs()[0].name
     sums: dict[str, np.ndarray] = {}
     for sl in batches(len(ds), batch_size):
@@ -56,3 +78,15 @@ def _ann_means(qcfs: onnx.ModelProto, ds: Dataset, names: list[str], batch_size:
             total = value.sum(0, dtype=np.float64)
             sums[name] = sums[name] + total if name in sums else total
     return {name: s / len(ds) for name, s in sums.items()}, active_provider(session)
+
+
+def _batch_sums_on_actor(payload: bytes, outputs: list[str], threads: int | None,
+                         device: Device):
+    """On a Ray actor: a session of the serialized model, and the function from a batch
+    to its float64 sums over the batch axis (one per output, as the local loop sums)."""
+    session = make_session(onnx.ModelProto.FromString(payload), threads=threads, device=device)
+    input_name = session.get_inputs()[0].name
+
+    def sums(x: np.ndarray) -> list[np.ndarray]:
+        return [v.sum(0, dtype=np.float64) for v in session.run(outputs, {input_name: x})]
+    return sums
