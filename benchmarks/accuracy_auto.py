@@ -73,6 +73,40 @@ def default_row(name: str, relu, xcal, xte, yte, T: int, out: Path) -> None:
                "seconds": seconds})
 
 
+TARGETS = {"vgg_bn_avg": {4: 1.0, 8: 0.5}, "resnet": {4: 3.0, 8: 1.0}}
+
+
+def report(path: Path) -> str:
+    """Markdown tables of a results file (the last row of each kind wins)."""
+    rows: dict = {}
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        rows.setdefault(r["net"], {})[(r["row"], r.get("T"))] = r
+    out = ["| net | ReLU ANN | QCFS ANN per layer / channel | T | plain per layer / channel "
+           "| default | chosen | output error per channel / layer | loss vs ReLU | default "
+           "- best plain | convert s |", "|" + "---|" * 11]
+    for net, r in rows.items():
+        relu = 100 * r[("relu", None)]["acc"]
+        q = [100 * r[(f"qcfs per {s}", None)]["acc"] for s in ("layer", "channel")
+             if (f"qcfs per {s}", None) in r]
+        plain = [r[(f"plain per {s}", None)]["per_step"] for s in ("layer", "channel")
+                 if (f"plain per {s}", None) in r]
+        for (_kind, T), d in sorted(((k, v) for k, v in r.items() if k[0] == "default"),
+                                   key=lambda kv: kv[0][1]):
+            p = [100 * curve[T - 1] for curve in plain if len(curve) >= T]
+            e = d["choice"]["output_error"]
+            errs = f"{e['channel']:.3f} / {e['layer']:.3f}" if e else "-"
+            loss = relu - 100 * d["acc"]
+            goal = TARGETS.get(net, {}).get(T)
+            verdict = "" if goal is None else f" (<= {goal}: {'met' if loss <= goal else 'missed'})"
+            out.append(f"| {net} | {relu:.2f} | {' / '.join(f'{v:.2f}' for v in q)} | {T} | "
+                       f"{' / '.join(f'{v:.2f}' for v in p)} | **{100 * d['acc']:.2f}** | "
+                       f"{d['choice']['chosen']} | {errs} | {loss:.2f}{verdict} | "
+                       f"{100 * d['acc'] - max(p, default=float('nan')):+.2f} | "
+                       f"{d['seconds']:.0f} |")
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("nets")
@@ -81,7 +115,11 @@ def main() -> None:
     p.add_argument("--no-reference", action="store_true", help="only the default rows")
     p.add_argument("--plain-T", type=int, default=8, help="T of the plain models")
     p.add_argument("--out", default="benchmarks/results/accuracy_auto.jsonl")
+    p.add_argument("--report", action="store_true", help="print the tables of --out, exit")
     args = p.parse_args()
+    if args.report:
+        print(report(Path(args.out)), end="")
+        return
     steps = [int(t) for t in args.steps.split(",")]
     xtr, _, xte, yte = load_fashion()
     xcal = xtr[np.random.default_rng(SEED).permutation(len(xtr))[:CALIB]]
