@@ -36,9 +36,10 @@ from onnx_rmpe.runtime.options import RuntimeOptions
               help="QCFS thresholds of ReLU layers: chosen per layer for T (search, from the "
                    "percentile start), then refined by the output error (refine), or the "
                    "percentile.")
-@click.option("--per-channel/--per-layer", default=True, show_default=True,
+@click.option("--per-channel/--per-layer", default=None,
               help="QCFS thresholds per channel where the layers around an activation allow "
-                   "it (DenseNet, MobileNet), or one per layer.")
+                   "it (DenseNet, MobileNet), or one per layer [default: both, the SNN with "
+                   "the smaller output error on the calibration data kept].")
 @click.option("--reconstruct", type=click.Choice(["auto", "none", "weights", "bias"]),
               default="auto", show_default=True,
               help="Refit the SNN's linear layers to the ReLU ANN on the calibration data "
@@ -82,7 +83,7 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
                 finetune_data: Path | None, finetune_options: dict,
                 save_qcfs: Path | None, report_dir: Path | None,
                 runtime: RuntimeOptions, json_path: Path | None,
-                thresholds: str = "refine", per_channel: bool = True,
+                thresholds: str = "refine", per_channel: bool | None = None,
                 reconstruct: str = "auto", engine: str = "local") -> None:
     """Convert MODEL (an ONNX ReLU or QCFS network) into an IF-neuron SNN for T steps."""
     from onnx_rmpe.conversion import convert, target_path_for
@@ -99,12 +100,18 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
                      mode=mode, chunk=chunk, finetune_data=finetune_data,
                      finetune_options=finetune_options, save_qcfs=save_qcfs,
                      progress=not quiet(),
-                     report_dir=report_dir, thresholds=thresholds, per_channel=per_channel,
+                     report_dir=report_dir, thresholds=thresholds,
+                     per_channel="auto" if per_channel is None else per_channel,
                      reconstruct=reconstruct, engine=engine)
     if result.finetune is not None:
         echo_finetune(result.finetune)
     click.echo(f"converted {model}: {len(result.thresholds)} spiking layer(s), T={T}, "
                f"L={result.levels}, RMPE {'on' if result.calibration else 'off'}, {mode}")
+    if result.per_channel is not None and result.per_channel.errors:
+        errors = result.per_channel.errors
+        click.echo(f"thresholds per {result.per_channel.chosen}: output error on the "
+                   f"calibration data {errors['channel']:.4g} per channel, "
+                   f"{errors['layer']:.4g} per layer")
     if result.readout_activations:
         click.echo(f"ReLU on the output ({', '.join(result.readout_activations)}): applied to "
                    "the time-averaged outputs (readout), not a spiking layer")
@@ -121,6 +128,8 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
         print_snn_report(result.report)
     write_json(json_path, {"T": T, "levels": result.levels, "thresholds": result.thresholds,
                            "output": str(result.output_path),
+                           "per_channel": result.per_channel.as_dict()
+                           if result.per_channel else None,
                            "calibration": result.calibration.as_dict()
                            if result.calibration else None},
                written=(result.output_path, result.qcfs_path, result.target_path))

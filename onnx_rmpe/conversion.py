@@ -15,6 +15,9 @@ import onnx
 
 from onnx_rmpe import validate
 from onnx_rmpe.calibration import CLIP_LEVELS, CalibrationResult, calibrate, qcfs_with_levels
+from onnx_rmpe.channel_choice import METADATA_KEY as CHOICE_KEY
+from onnx_rmpe.channel_choice import ChannelChoice, check_choice
+from onnx_rmpe.channel_choice import choose as choose_per_channel
 from onnx_rmpe.data import load_data
 from onnx_rmpe.errors import OptionError
 from onnx_rmpe.forms import snn_to_streaming
@@ -37,13 +40,13 @@ from onnx_rmpe.pipeline import (
 from onnx_rmpe.recipe import check_finetune_options
 from onnx_rmpe.reconstruct import ReconstructReport, reconstruct_snn, with_snn_weights
 from onnx_rmpe.refine import MAX_T as REFINE_MAX_T
-from onnx_rmpe.refine import RefineReport, refine_after_rmpe, refine_before_rmpe
+from onnx_rmpe.refine import RefineReport, output_error, refine_after_rmpe, refine_before_rmpe
 from onnx_rmpe.refine import affordable as refine_affordable
 from onnx_rmpe.runtime.memory import default_budget
 from onnx_rmpe.runtime.neurons import DEFAULT_PHI
 from onnx_rmpe.runtime.options import RuntimeOptions
 from onnx_rmpe.runtime.session import Device
-from onnx_rmpe.thresholds import ThresholdReport, set_thresholds
+from onnx_rmpe.thresholds import ThresholdReport, relu_reference, set_thresholds
 from onnx_rmpe.thresholds import search as search_thresholds_and_outputs
 
 logger = logging.getLogger(__name__)
@@ -85,6 +88,31 @@ class ConversionResult:
     finetune: object | None = None
     #: ``reconstruct``: the refitted linear layers (:mod:`onnx_rmpe.reconstruct`).
     reconstruction: ReconstructReport | None = None
+    #: ``per_channel``: thresholds per channel or per layer, and (``auto``) both output
+    #: errors on the calibration data (:mod:`onnx_rmpe.channel_choice`).
+    per_channel: ChannelChoice | None = None
+
+
+@dataclass
+class _Built:
+    """One conversion's SNN and what made it (before the choice and the forms)."""
+
+    snn: onnx.ModelProto
+    qcfs: onnx.ModelProto
+    lams: dict[str, float]
+    levels: int
+    calibration: CalibrationResult | None
+    search: list[ThresholdReport]
+    refined: list[RefineReport]
+    rebuilt: ReconstructReport | None
+    rmpe_refined: bool
+
+    def final_error(self, data, run: dict) -> float:
+        """The SNN's output error on the calibration data: the last refinement's when it
+        ran after RMPE (its SNN is this one), else one SNN pass (and one ANN pass)."""
+        if self.rmpe_refined:
+            return self.refined[-1].error_end
+        return output_error(self.snn, relu_reference(self.qcfs), data, **run)
 
 
 def _check_options(T, levels, percentile, calib_samples, batch_size, threads, mode,
@@ -144,7 +172,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
             runtime: RuntimeOptions | None = None,
             progress: bool = False,
             report_dir: str | os.PathLike | None = None,
-            per_channel: bool = True, engine: str = "local") -> ConversionResult:
+            per_channel: bool | str = "auto", engine: str = "local") -> ConversionResult:
     """Convert an ONNX ANN into a multi-step IF-neuron SNN, RMPE-calibrated for ``T``.
 
     ``calib`` (path, array, ``(x, y)`` or :class:`Dataset`; the first ``calib_samples``
@@ -178,8 +206,12 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     Outputs that would overwrite an input or each other are refused before any work.
     ``report_dir``: also run :func:`onnx_rmpe.report` of the multi-step SNN on the
     calibration samples and write it there (``result.report``).
-    ``per_channel``: a QCFS threshold per channel where the layers around an activation
-    allow it (:mod:`onnx_rmpe.passes.equalize_channels`); ``False``: one per layer.
+    ``per_channel``: ``True``: a QCFS threshold per channel where the layers around an
+    activation allow it (:mod:`onnx_rmpe.passes.equalize_channels`); ``False``: one per
+    layer; ``"auto"`` (default): where per channel is possible, convert both ways and keep
+    the SNN whose output is closer to the ReLU ANN's on the calibration data
+    (:mod:`onnx_rmpe.channel_choice`; twice the conversion time; ``result.per_channel``
+    and the SNN's metadata ``onnx_rmpe.per_channel_choice`` say which and both errors).
     ``engine``: ``ray`` runs the RMPE calibration's ANN-target pass on a Ray cluster (see
     :func:`onnx_rmpe.calibrate`; same potentials); ``local`` (default) in this process.
     """
@@ -190,6 +222,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     _check_options(T, levels, percentile, calib_samples, batch_size, threads, mode, rmpe_sweeps)
     validate.choice("thresholds", thresholds, THRESHOLDS)
     validate.choice("reconstruct", reconstruct, RECONSTRUCT)
+    check_choice(per_channel)
     tuning = _finetune_options(finetune_data, finetune_options, epochs=epochs, lr=finetune_lr,
                                seed=seed)
     check_outputs({"output": output, "save_qcfs": save_qcfs,
@@ -225,14 +258,73 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     else:
         tuned = None
     data = load_data(calib).head(calib_samples) if calib is not None else None
-    qcfs, lams = build_qcfs(proto, data, levels=levels, percentile=percentile,
-                            batch_size=batch_size, threads=threads, device=device,
-                            source=source, max_memory=max_memory, per_channel=per_channel)
+    run = dict(batch_size=batch_size, threads=threads, device=device, max_memory=max_memory)
+    steps = dict(T=T, levels=levels, percentile=percentile, thresholds=thresholds,
+                 reconstruct=reconstruct, rmpe=rmpe, rmpe_granularity=rmpe_granularity,
+                 rmpe_sweeps=rmpe_sweeps, progress=progress, source=source,
+                 engine=engine)
+    built, scope = choose_per_channel(
+        lambda pc: _build_snn(proto, data, per_channel=pc, run=run, **steps),
+        scope_of=lambda b: get_metadata(b.qcfs).get("onnx_rmpe.thresholds_per", "layer"),
+        error_of=lambda b: b.final_error(data, run), per_channel=per_channel,
+        stages_of=lambda b: [e for r in b.refined for e in (r.error_start, r.error_end)])
+    snn, qcfs, lams, levels = built.snn, built.qcfs, built.lams, built.levels
+    calibration, search, refined = built.calibration, built.search, built.refined
+    rebuilt = built.rebuilt
+    set_metadata(snn, CHOICE_KEY, scope.as_metadata())
+    if data is not None:
+        set_metadata(snn, "onnx_rmpe.calib_samples", str(len(data)))
+    set_metadata(snn, "onnx_rmpe.thresholds", json.dumps(lams))
+    snn_report = None
+    if report_dir is not None:
+        from onnx_rmpe.reporting import report
+
+        snn_report = report(snn, data, qcfs=qcfs, ann=original, batch_size=batch_size,
+                            threads=threads, device=device, progress=progress)
+    if mode == "streaming":
+        snn = snn_to_streaming(snn)
+    elif mode == "chunked":
+        # the chunked form is rebuilt from the QCFS ANN: give it the SNN's refitted weights
+        snn = _chunked(with_snn_weights(qcfs, snn) if rebuilt else qcfs, snn, T, chunk,
+                       max_memory, batch_size)
+    elif mode == "unrolled":
+        from onnx_rmpe.forms import snn_to_unrolled
+
+        snn = snn_to_unrolled(snn)
+    result = ConversionResult(snn, qcfs, T, levels, lams, calibration=calibration,
+                              report=snn_report, threshold_search=search, finetune=tuned,
+                              threshold_refine=refined, reconstruction=rebuilt,
+                              per_channel=scope)
+    readout = get_metadata(qcfs).get("onnx_rmpe.readout_activations", "")
+    result.readout_activations = readout.split(",") if readout else []
+    anns = _anns_to_save(qcfs, calibration, levels, save_qcfs) if save_qcfs is not None else []
+    written = save_models([*anns, (snn, output, "output")])
+    result.output_path = written[-1]
+    if anns:
+        result.qcfs_path = written[0]
+        result.target_path = written[1] if len(anns) > 1 else None
+    if snn_report is not None:
+        from onnx_rmpe.reporting import write_report
+
+        write_report(snn_report, report_dir)
+    result.seconds = time.perf_counter() - start
+    logger.info("converted %s: %d spiking layer(s), T=%d, L=%d in %.1fs", source,
+                len(lams), T, levels, result.seconds)
+    return result
+
+
+def _build_snn(proto: onnx.ModelProto, data, *, per_channel: bool, T: int, levels: int | None,
+               percentile: float, thresholds: str, reconstruct: str, rmpe: bool,
+               rmpe_granularity: str, rmpe_sweeps: int, progress: bool, source: str,
+               engine: str,
+               run: dict) -> _Built:
+    """QCFS ANN, thresholds for T, weight reconstruction, RMPE, refinement: one multi-step SNN."""
+    qcfs, lams = build_qcfs(proto, data, levels=levels, percentile=percentile, source=source,
+                            per_channel=per_channel, **run)
     levels = int(get_metadata(qcfs)["onnx_rmpe.levels"])  # the L used (a trained model's own)
     snn = qcfs_to_snn(qcfs, T=T)
     search: list[ThresholdReport] = []
     refined: list[RefineReport] = []
-    run = dict(batch_size=batch_size, threads=threads, device=device, max_memory=max_memory)
     uncalibrated = None
     if thresholds != "percentile" and get_metadata(qcfs).get(
             "onnx_rmpe.thresholds_from") == "percentile":
@@ -258,57 +350,21 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     if reconstruct != "none" and data is not None:
         snn, rebuilt = reconstruct_snn(snn, qcfs, data, T=T, mode=reconstruct, **run)
     calibration = None
+    rmpe_refined = False
     if rmpe:
-        calibration = calibrate(snn, qcfs, data, batch_size=batch_size,
-                                granularity=rmpe_granularity, sweeps=rmpe_sweeps,
+        calibration = calibrate(snn, qcfs, data, granularity=rmpe_granularity,
+                                sweeps=rmpe_sweeps,
                                 reference=qcfs if is_qcfs(proto) else
                                 qcfs_with_levels(qcfs, CLIP_LEVELS),
-                                threads=threads, device=device, max_memory=max_memory,
                                 progress=progress, uncalibrated_outputs=uncalibrated,
-                                engine=engine)
+                                engine=engine, **run)
         snn = calibration.snn
         if refined:
             snn, qcfs, chosen, report = refine_after_rmpe(snn, qcfs, chosen, data, **run)
             refined.append(report)
             lams = {**lams, **chosen}
-    if data is not None:
-        set_metadata(snn, "onnx_rmpe.calib_samples", str(len(data)))
-    set_metadata(snn, "onnx_rmpe.thresholds", json.dumps(lams))
-    snn_report = None
-    if report_dir is not None:
-        from onnx_rmpe.reporting import report
-
-        snn_report = report(snn, data, qcfs=qcfs, ann=original, batch_size=batch_size,
-                            threads=threads, device=device, progress=progress)
-    if mode == "streaming":
-        snn = snn_to_streaming(snn)
-    elif mode == "chunked":
-        # the chunked form is rebuilt from the QCFS ANN: give it the SNN's refitted weights
-        snn = _chunked(with_snn_weights(qcfs, snn) if rebuilt else qcfs, snn, T, chunk,
-                       max_memory, batch_size)
-    elif mode == "unrolled":
-        from onnx_rmpe.forms import snn_to_unrolled
-
-        snn = snn_to_unrolled(snn)
-    result = ConversionResult(snn, qcfs, T, levels, lams, calibration=calibration,
-                              report=snn_report, threshold_search=search, finetune=tuned,
-                              threshold_refine=refined, reconstruction=rebuilt)
-    readout = get_metadata(qcfs).get("onnx_rmpe.readout_activations", "")
-    result.readout_activations = readout.split(",") if readout else []
-    anns = _anns_to_save(qcfs, calibration, levels, save_qcfs) if save_qcfs is not None else []
-    written = save_models([*anns, (snn, output, "output")])
-    result.output_path = written[-1]
-    if anns:
-        result.qcfs_path = written[0]
-        result.target_path = written[1] if len(anns) > 1 else None
-    if snn_report is not None:
-        from onnx_rmpe.reporting import write_report
-
-        write_report(snn_report, report_dir)
-    result.seconds = time.perf_counter() - start
-    logger.info("converted %s: %d spiking layer(s), T=%d, L=%d in %.1fs", source,
-                len(lams), T, levels, result.seconds)
-    return result
+            rmpe_refined = True
+    return _Built(snn, qcfs, lams, levels, calibration, search, refined, rebuilt, rmpe_refined)
 
 
 def _finetune_options(finetune_data, options: Mapping[str, Any] | None, **shorthands

@@ -25,7 +25,7 @@ from onnx_rmpe.modelio import (
     to_model,
 )
 from onnx_rmpe.ops import DEFAULT_PHI
-from onnx_rmpe.passes.base import run_passes
+from onnx_rmpe.passes.base import Sequential, run_passes
 from onnx_rmpe.passes.pipeline import if_passes, prepare_passes, qcfs_passes
 from onnx_rmpe.passes.relu_to_qcfs import activation_sites, output_activations, qcfs_nodes
 from onnx_rmpe.passes.support import check_supported
@@ -70,7 +70,8 @@ def build_qcfs(model: onnx.ModelProto, data: Dataset | None, *, levels: int | No
 
     ``per_channel``: thresholds per channel where the layers around an activation can
     absorb them (:mod:`onnx_rmpe.passes.equalize_channels`); the returned thresholds are
-    the layers' scalar ones either way."""
+    the layers' scalar ones either way. The QCFS ANN's metadata ``onnx_rmpe.thresholds_per``
+    says ``channel`` when at least one layer's channels were rescaled, else ``layer``."""
     prepared = prepare(model, source)
     graph = run_passes(to_graph(prepared), prepare_passes())
     check_supported(graph)
@@ -113,14 +114,17 @@ def build_qcfs(model: onnx.ModelProto, data: Dataset | None, *, levels: int | No
         if per_channel:
             ranges = _channel_ranges(relu_model, data, sites, percentile=percentile,
                                      batch_size=batch_size, threads=threads, device=device)
-    graph = run_passes(graph, qcfs_passes(thresholds=thresholds, levels=levels,
-                                          channel_ranges=ranges))
+    rescaled = False
+    for qcfs_pass in qcfs_passes(thresholds=thresholds, levels=levels, channel_ranges=ranges):
+        graph, changed = Sequential(qcfs_pass)(graph)  # one by one: did equalize change it?
+        rescaled = rescaled or (changed and qcfs_pass.name == "equalize_channels")
     for node in qcfs_nodes(graph):
         thresholds[node.name] = float(np.asarray(node.inputs[1].values))
     qcfs = to_model(graph, keep_shapes=True, metadata={
         **get_metadata(prepared), "onnx_rmpe.kind": "qcfs", "onnx_rmpe.version": __version__,
         "onnx_rmpe.levels": str(levels), "onnx_rmpe.percentile": str(percentile),
         "onnx_rmpe.thresholds_from": "percentile" if sites else "training",
+        "onnx_rmpe.thresholds_per": "channel" if rescaled else "layer",
         **({"onnx_rmpe.readout_activations": ",".join(readout)} if readout else {})})
     return qcfs, thresholds
 

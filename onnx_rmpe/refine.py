@@ -145,6 +145,16 @@ def _line_search(name: str, current: dict[str, float], best: float, score, passe
     return best, passes
 
 
+def output_error(snn: onnx.ModelProto, reference: onnx.ModelProto, data: Dataset, *,
+                 batch_size: int = 128, threads: int | None = None, device: Device = "cpu",
+                 max_memory: int | None = None) -> float:
+    """Mean squared distance, per output element, of ``snn``'s first output to
+    ``reference``'s on ``data`` (the error :class:`RefineReport` reports): one pass each."""
+    batch_size = plan_batch(snn, batch_size, max_memory, what="the output error")
+    target = _outputs(reference, data, batch_size, threads, device)
+    return _error(snn, target, data, batch_size, threads, device) / target.size
+
+
 def _error(snn: onnx.ModelProto, target: np.ndarray, data: Dataset, batch_size: int,
            threads: int | None, device: Device) -> float:
     """Summed squared distance of ``snn``'s first output to ``target`` (float64)."""
@@ -236,5 +246,5 @@ def refine_after_rmpe(snn: onnx.ModelProto, qcfs: onnx.ModelProto, thresholds: d
 
 
 __all__ = ["FINE", "MAX_MACS", "MAX_STEPS", "MAX_T", "STEP", "RefineReport", "affordable",
-           "estimated_macs", "refine_after_rmpe", "refine_before_rmpe", "refine_thresholds",
-           "with_thresholds"]
+           "estimated_macs", "output_error", "refine_after_rmpe", "refine_before_rmpe",
+           "refine_thresholds", "with_thresholds"]
