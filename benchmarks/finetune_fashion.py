@@ -78,6 +78,8 @@ VARIANTS = {
                       f"of the ReLU net + SNN-level stage "
                       f"({SNN_STEPS} steps, batch 64, theta and v_init, distillation)", SNN_PTQ,
                       10_000, 0, False),
+    "snn-3x60k": (f"default 3 x 60k + SNN-level stage (finetune_snn: {SNN_STEPS} steps, "
+                  "batch 64, theta and v_init, distillation)", SNN, 60_000, 3, True),
     "default-1x60k": ("default: SGD 0.9, lr 0.01, cosine, batch 128", {}, 60_000, 1, True),
     "default-3x60k": ("default: SGD 0.9, lr 0.01, cosine, batch 128", {}, 60_000, 3, True),
 }
@@ -122,7 +124,7 @@ def run_variant(name: str, relu: onnx.ModelProto, data, steps, seed: int, save) 
     idx = np.random.default_rng(seed).permutation(len(xtr))[:n]
     train = (xtr[idx], ytr[idx]) if labels else xtr[idx]
     start = time.perf_counter()
-    base = "default-1x10k" if kwargs is SNN else name
+    base = name.replace("snn-", "default-") if kwargs is SNN else name
     cached = CACHE / f"ft_{hashlib.sha1(relu.SerializeToString()).hexdigest()[:10]}_{base}" \
                      f"_s{seed}_{CODE_STAMP}.onnx"
     if kwargs is SNN_PTQ:  # convert() calibrates (threshold search for T, RMPE) from the ReLU
