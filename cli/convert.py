@@ -112,6 +112,9 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
         click.echo(f"thresholds per {result.per_channel.chosen}: output error on the "
                    f"calibration data {errors['channel']:.4g} per channel, "
                    f"{errors['layer']:.4g} per layer")
+    elif result.per_channel is not None and result.per_channel.reason == "not compared":
+        click.echo("thresholds per channel (not compared with per layer: the thresholds were "
+                   "not refined here; --per-layer forces one per layer)")
     if result.readout_activations:
         click.echo(f"ReLU on the output ({', '.join(result.readout_activations)}): applied to "
                    "the time-averaged outputs (readout), not a spiking layer")

@@ -16,8 +16,13 @@ machine) does not flip a near-tie; per channel, the former default, keeps the ti
 
 Where per channel is impossible (no activation's neighbours can absorb a channel scale:
 the QCFS ANN's ``onnx_rmpe.thresholds_per`` is ``layer``) the first conversion already is
-the per-layer one and the second is skipped. Cost: two conversions instead of one where
-both are possible (measured in BENCHMARKS.md, "Automatic per-channel / per-layer choice").
+the per-layer one and the second is skipped. The second conversion also runs only where
+the first one refined its thresholds (post-training thresholds, ``T <= refine.MAX_T`` and
+the work under ``refine.MAX_MACS``): elsewhere (``T > 8``, trained thresholds, ImageNet-size
+models) the choice would double a conversion that is already the long part of the job, so
+per channel, the measured safer default (+19 points on a MobileNet-like net, -0.7 / -1.4 on
+VGG-/ResNet-like ones), is kept with the reason ``not compared``. Cost: two conversions
+instead of one where both run (measured in BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ class ChannelChoice:
 
     ``errors``: final output error on the calibration data of each conversion that ran
     (``auto`` only; empty when forced); ``reason``: ``forced``, ``smaller output error``,
-    ``tie`` or ``no layer can be rescaled``."""
+    ``tie``, ``no layer can be rescaled`` or ``not compared``."""
 
     chosen: str
     reason: str
@@ -73,12 +78,15 @@ def check_choice(value) -> None:
 
 def choose(build: Callable[[bool], C], scope_of: Callable[[C], str],
            error_of: Callable[[C], float], per_channel: bool | str,
-           stages_of: Callable[[C], list[float]] | None = None) -> tuple[C, ChannelChoice]:
+           stages_of: Callable[[C], list[float]] | None = None,
+           comparable: Callable[[C], bool] | None = None) -> tuple[C, ChannelChoice]:
     """Run ``build(per_channel)`` once (forced) or both ways (``"auto"``) and keep one.
 
     ``scope_of(candidate)``: ``channel`` if any layer was rescaled, else ``layer``;
     ``error_of(candidate)``: its final output error on the calibration data;
-    ``stages_of(candidate)`` (optional): its errors at earlier stages, recorded.
+    ``stages_of(candidate)`` (optional): its errors at earlier stages, recorded;
+    ``comparable(candidate)`` (optional): whether the second conversion is worth its cost
+    (``False``: the per-channel one is kept, reason ``not compared``).
     """
     check_choice(per_channel)
     if per_channel != "auto":
@@ -89,6 +97,11 @@ def choose(build: Callable[[bool], C], scope_of: Callable[[C], str],
         logger.info("per-channel thresholds: no layer can be rescaled; one per layer, "
                     "no second conversion")
         return channel, ChannelChoice("layer", "no layer can be rescaled")
+    if comparable is not None and not comparable(channel):
+        logger.info("per-channel thresholds kept without comparing to per layer: the "
+                    "thresholds were not refined (T > 8, trained thresholds or a model above "
+                    "onnx_rmpe.refine.MAX_MACS), so a second conversion is not worth its cost")
+        return channel, ChannelChoice("channel", "not compared")
     layer = build(False)
     errors = {"channel": error_of(channel), "layer": error_of(layer)}
     stages = {} if stages_of is None else {"channel": stages_of(channel),

@@ -267,7 +267,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
         lambda pc: _build_snn(proto, data, per_channel=pc, run=run, **steps),
         scope_of=lambda b: get_metadata(b.qcfs).get("onnx_rmpe.thresholds_per", "layer"),
         error_of=lambda b: b.final_error(data, run), per_channel=per_channel,
-        stages_of=lambda b: [e for r in b.refined for e in (r.error_start, r.error_end)])
+        stages_of=lambda b: [e for r in b.refined for e in (r.error_start, r.error_end)],
+        comparable=lambda b: bool(b.refined))
     snn, qcfs, lams, levels = built.snn, built.qcfs, built.lams, built.levels
     calibration, search, refined = built.calibration, built.search, built.refined
     rebuilt = built.rebuilt

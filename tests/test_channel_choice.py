@@ -1,7 +1,7 @@
 """The label-free choice between per-channel and per-layer thresholds (``per_channel="auto"``,
 the default): it keeps the conversion with the smaller output error on the calibration data,
 records both errors, forcing still works, it does not depend on the batch size, and it
-skips the second conversion where no layer can be rescaled."""
+skips the second conversion where no layer can be rescaled or the thresholds are not refined."""
 
 from __future__ import annotations
 
@@ -101,17 +101,35 @@ def test_cli_default_is_auto_and_flags_force(tmp_path, net):
     onnx.save(ann, tmp_path / "net.onnx")
     np.savez(tmp_path / "calib.npz", x=x)
     found = {}
-    for flag in ("", "--per-layer"):
-        out = tmp_path / f"r{flag}.json"
+    for name, flags in (("auto", []), ("percentile", ["--thresholds", "percentile"]),
+                        ("forced", ["--thresholds", "percentile", "--per-layer"])):
+        out = tmp_path / f"{name}.json"
         args = ["convert", str(tmp_path / "net.onnx"), "--T", "4", "--calib",
-                str(tmp_path / "calib.npz"), "--no-rmpe", "--thresholds", "percentile",
-                "--threads", "1", "-o", str(tmp_path / f"s{flag}.onnx"), "--json", str(out)]
-        result = CliRunner().invoke(cli, args + ([flag] if flag else []))
+                str(tmp_path / "calib.npz"), "--no-rmpe", "--threads", "1",
+                "-o", str(tmp_path / f"{name}.onnx"), "--json", str(out)]
+        result = CliRunner().invoke(cli, args + flags)
         assert result.exit_code == 0, result.output
-        found[flag] = json.loads(out.read_text())["per_channel"], result.output
-    choice, output = found[""]
+        found[name] = json.loads(out.read_text())["per_channel"], result.output
+    choice, output = found["auto"]
     errors = choice["output_error"]
     assert set(errors) == {"channel", "layer"} and f"thresholds per {choice['chosen']}" in output
     assert errors[choice["chosen"]] <= min(errors.values()) / (1 - TIE)
-    assert found["--per-layer"][0] == {"chosen": "layer", "reason": "forced",
-                                       "output_error": {}, "refine_errors": {}}
+    # thresholds that are not refined: no second conversion, per channel, said so
+    choice, output = found["percentile"]
+    assert choice["chosen"] == "channel" and choice["reason"] == "not compared"
+    assert choice["output_error"] == {} and "not compared with per layer" in output
+    assert found["forced"][0] == {"chosen": "layer", "reason": "forced",
+                                  "output_error": {}, "refine_errors": {}}
+
+
+def test_auto_does_not_compare_where_thresholds_are_not_refined(net, monkeypatch):
+    """T above refine.MAX_T: the per-channel conversion is kept, no second one."""
+    ann, x = net
+    calls = []
+    build = conversion._build_snn
+    monkeypatch.setattr(conversion, "_build_snn",
+                        lambda *a, **k: calls.append(k["per_channel"]) or build(*a, **k))
+    result = convert(ann, T=16, calib=x[:32], threads=1, rmpe=False)
+    assert calls == [True]
+    assert (result.per_channel.chosen, result.per_channel.reason) == ("channel", "not compared")
+    assert get_metadata(result.qcfs)["onnx_rmpe.thresholds_per"] == "channel"
