@@ -296,18 +296,19 @@ def _fmt_table(rows: list[dict]) -> list[str]:
     cols = [m for m in METHODS if m != "T x ANN"]
     lines = ["| net | T | batch | threads | T x ANN | " + " | ".join(cols) +
              " | best form | best / (T x ANN) | SJ / best | net / (T x ANN) | "
-             "CPU time: net / (T x ANN) | CPU time: SJ / net |",
-             "|---|---|---|---|---|" + "---|" * len(cols) + "---|---|---|---|---|---|"]
+             "CPU time: net / (T x ANN) | CPU time: SJ / net | CPU time: netplain / net |",
+             "|---|---|---|---|---|" + "---|" * len(cols) + "---|---|---|---|---|---|---|"]
     for r in rows:
         ms, cpu = r["ms"], r["cpu_ms"]
         best = min((m for m in ORT_FORMS if m in ms), key=lambda m: ms[m])
         sj = f"{ms['sj'] / ms[best]:.2f}" if "sj" in ms else "-"
         cells = " | ".join(f"{ms[m]:.1f}" if m in ms else "-" for m in cols)
         cpu_sj = f"{cpu['sj'] / cpu['net']:.2f}" if "sj" in cpu else "-"
+        cpu_plain = f"{cpu['netplain'] / cpu['net']:.2f}" if "netplain" in cpu else "-"
         lines.append(f"| {r['kind']} | {r['T']} | {r['batch']} | {r['threads']} | "
                      f"{ms['T x ANN']:.1f} | {cells} | {best} | {ms[best] / ms['T x ANN']:.2f} "
                      f"| {sj} | {ms['net'] / ms['T x ANN']:.2f} | "
-                     f"{cpu['net'] / cpu['T x ANN']:.2f} | {cpu_sj} |")
+                     f"{cpu['net'] / cpu['T x ANN']:.2f} | {cpu_sj} | {cpu_plain} |")
     return lines
 
 
@@ -323,6 +324,11 @@ def main() -> None:
     p.add_argument("--mem-methods", default=None,
                    help="methods whose peak memory is measured (default: all)")
     p.add_argument("--Ts", default=None, help="time steps (default 4,8,32; --quick 4,8)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="timing rounds per config (default: 7, 3 at T x batch >= 256, 2 at "
+                        ">= 2048; --quick 3)")
+    p.add_argument("--methods", default=None,
+                   help="methods to time (default: all; scan, net and 'T x ANN' always run)")
     args = p.parse_args()
     import logging
     logging.basicConfig(level=logging.WARNING)
@@ -331,6 +337,9 @@ def main() -> None:
         methods = METHODS
     except ImportError:
         methods = [m for m in METHODS if m != "sj"]
+    if args.methods:
+        keep = {*args.methods.split(","), "scan", "net", "T x ANN"}
+        methods = [m for m in methods if m in keep]
     Ts = [int(t) for t in args.Ts.split(",")] if args.Ts else [4, 8] if args.quick \
         else [4, 8, 32]
     kinds, batches = args.kinds.split(","), [1, 64]
@@ -351,10 +360,11 @@ def main() -> None:
                 for batch in batches:
                     for th in threads:
                         cost = T * batch
-                        rounds = 3 if args.quick else (2 if cost >= 2048 else 3 if cost >= 256
-                                                       else 7)
+                        rounds = args.rounds or (3 if args.quick else (
+                            2 if cost >= 2048 else 3 if cost >= 256 else 7))
                         # at 2 threads: the multi-step forms against the ANN (time budget)
-                        ms = methods if th == 1 else ["scan", "net", "netplain", "T x ANN"]
+                        ms = methods if th == 1 else [m for m in methods if m in
+                                                      ("scan", "net", "netplain", "T x ANN")]
                         r = time_config(workdir, kind, T, batch, thetas[kind], rounds, th, ms)
                         r.update(kind=kind, T=T, batch=batch, rounds=rounds, threads=th)
                         rows.append(r)
@@ -365,10 +375,11 @@ def main() -> None:
                 mem = {m: measure_memory(workdir, kind, T, 64, m) for m in mem_methods}
                 mem_rows.append({"kind": kind, "T": T, "mem": mem})
                 logging.warning("%s T=%d memory %s", kind, T, mem)
-        prof = {(kind, form): profile(workdir, kind, 8, 64, form) for kind in kinds
+        prof_T = 8 if 8 in Ts else Ts[-1]  # the forms are written only for the Ts measured
+        prof = {(kind, form): profile(workdir, kind, prof_T, 64, form) for kind in kinds
                 for form in ("scan", "netplain", "net")}
     write_report(Path(args.out), rows, mem_rows, prof, time.time() - start, args.quick,
-                 methods, load_start, mem_methods)
+                 methods, load_start, mem_methods, prof_T)
 
 
 def _exactness(row: dict, method: str) -> str:
@@ -379,7 +390,7 @@ def _exactness(row: dict, method: str) -> str:
 
 def write_report(path: Path, rows, mem_rows, prof, seconds: float, quick: bool,
                  methods: list[str], load_start: float = float("nan"),
-                 mem_methods: list[str] | None = None) -> None:
+                 mem_methods: list[str] | None = None, prof_T: int = 8) -> None:
     mem_methods = mem_methods or methods
     import onnxruntime
     import torch
@@ -423,8 +434,8 @@ def write_report(path: Path, rows, mem_rows, prof, seconds: float, quick: bool,
         m = r["mem"]
         lines.append(f"| {r['kind']} | {r['T']} | " + " | ".join(
             f"{m[k]['peak']:.0f} / {m[k]['growth']:.0f}" for k in mem_methods) + " |")
-    lines += ["", "## onnxruntime profile (T=8, batch 64, 1 thread), kernel time share by op "
-              "(Conv includes the blocked IF step's depthwise 1x1 convs)",
+    lines += ["", f"## onnxruntime profile (T={prof_T}, batch 64, 1 thread), kernel time share "
+              "by op (Conv includes the blocked IF step's depthwise 1x1 convs)",
               ""]
     for (kind, form), shares in prof.items():
         lines.append(f"- {kind} {form}: " + ", ".join(f"{op} {s:.1%}" for op, s in shares[:10]))
