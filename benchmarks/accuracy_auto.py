@@ -7,11 +7,15 @@ images of: the ReLU ANN; the QCFS ANN (L = 8, 99.9th percentile; per layer and p
 channel); plain conversion (``thresholds="percentile", rmpe=False``, per layer and per
 channel; one T = max model, whose per-step outputs give every smaller T: it is causal);
 and the default ``convert`` at each T, with the choice it made and both output errors.
-Appends one JSON line per row to ``--out`` as it finishes (a row per net and kind).
+Appends one JSON line per row to ``--out`` as it finishes (a row per net and kind), each
+labelled with ``--run`` (default: the start time). The reference rows of every net come
+first, then the default rows T by T in the given order, each T on every net, so that a run
+cut short misses the last T of the last net, not a whole net.
 
 Usage::
 
-    python benchmarks/accuracy_auto.py vgg_bn_avg,resnet 1,2,4,8 [--test 10000]
+    python benchmarks/accuracy_auto.py vgg_bn_avg,resnet 1,2,4,8 [--test 10000] [--run LABEL]
+    python benchmarks/accuracy_auto.py --report [--run LABEL]
 """
 
 from __future__ import annotations
@@ -33,9 +37,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from accuracy_fashion import CALIB, SEED, correct  # noqa: E402
 from fashion_nets import cached, load_fashion  # noqa: E402
 
+RUN: str | None = None  # set by main: the ``run`` label of every row written
+
 
 def emit(out: Path, row: dict) -> None:
-    row = {**row, "load": os.getloadavg()[0],
+    row = {**row, "run": RUN, "load": os.getloadavg()[0],
            "time": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     line = json.dumps(row)
     print(line, flush=True)
@@ -76,16 +82,24 @@ def default_row(name: str, relu, xcal, xte, yte, T: int, out: Path) -> None:
 TARGETS = {"vgg_bn_avg": {4: 1.0, 8: 0.5}, "resnet": {4: 3.0, 8: 1.0}}
 
 
-def report(path: Path) -> str:
-    """Markdown tables of a results file (the last row of each kind wins)."""
-    rows: dict = {}
+def report(path: Path, run: str | None = None) -> str:
+    """Markdown tables of a results file, one per run label (only ``run`` when given; the
+    last row of each kind within a run wins)."""
+    runs: dict = {}
     for line in path.read_text().splitlines():
         r = json.loads(line)
-        rows.setdefault(r["net"], {})[(r["row"], r.get("T"))] = r
-    out = ["| net | ReLU ANN | QCFS ANN per layer / channel | T | plain per layer / channel "
-           "| default | chosen | output error per channel / layer | loss vs ReLU | default "
-           "- best plain | convert s |", "|" + "---|" * 11]
+        if run is None or r.get("run") == run:
+            runs.setdefault(r.get("run"), {}).setdefault(r["net"], {})[(r["row"], r.get("T"))] = r
+    return "\n".join(f"Run {label}:\n\n{_table(rows)}" for label, rows in runs.items())
+
+
+def _table(rows: dict) -> str:
+    out = ["| net | test images | ReLU ANN | QCFS ANN per layer / channel | T | plain per "
+           "layer / channel | default | chosen | output error per channel / layer | loss vs "
+           "ReLU | default - best plain | convert s |", "|" + "---|" * 12]
     for net, r in rows.items():
+        if ("relu", None) not in r:
+            continue
         relu = 100 * r[("relu", None)]["acc"]
         q = [100 * r[(f"qcfs per {s}", None)]["acc"] for s in ("layer", "channel")
              if (f"qcfs per {s}", None) in r]
@@ -99,7 +113,8 @@ def report(path: Path) -> str:
             loss = relu - 100 * d["acc"]
             goal = TARGETS.get(net, {}).get(T)
             verdict = "" if goal is None else f" (<= {goal}: {'met' if loss <= goal else 'missed'})"
-            out.append(f"| {net} | {relu:.2f} | {' / '.join(f'{v:.2f}' for v in q)} | {T} | "
+            out.append(f"| {net} | {d['test']} | {relu:.2f} | "
+                       f"{' / '.join(f'{v:.2f}' for v in q)} | {T} | "
                        f"{' / '.join(f'{v:.2f}' for v in p)} | **{100 * d['acc']:.2f}** | "
                        f"{d['choice']['chosen']} | {errs} | {loss:.2f}{verdict} | "
                        f"{100 * d['acc'] - max(p, default=float('nan')):+.2f} | "
@@ -109,28 +124,35 @@ def report(path: Path) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("nets")
-    p.add_argument("steps", help="comma-separated T of the default rows")
+    p.add_argument("nets", nargs="?", help="comma-separated net names of fashion_nets.py")
+    p.add_argument("steps", nargs="?", help="comma-separated T of the default rows")
     p.add_argument("--test", type=int, default=10000)
     p.add_argument("--no-reference", action="store_true", help="only the default rows")
     p.add_argument("--plain-T", type=int, default=8, help="T of the plain models")
     p.add_argument("--out", default="benchmarks/results/accuracy_auto.jsonl")
+    p.add_argument("--run", default=None, help="label of the rows written (default: the "
+                   "start time); with --report: only this run")
     p.add_argument("--report", action="store_true", help="print the tables of --out, exit")
     args = p.parse_args()
     if args.report:
-        print(report(Path(args.out)), end="")
+        print(report(Path(args.out), args.run), end="")
         return
+    if not (args.nets and args.steps):
+        p.error("nets and steps are required (except with --report)")
+    global RUN
+    RUN = args.run or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     steps = [int(t) for t in args.steps.split(",")]
     xtr, _, xte, yte = load_fashion()
     xcal = xtr[np.random.default_rng(SEED).permutation(len(xtr))[:CALIB]]
     xte, yte = xte[:args.test], yte[:args.test]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for name in args.nets.split(","):
-        relu, meta = cached(name)
-        if not args.no_reference:
+    nets = {name: cached(name) for name in args.nets.split(",")}
+    if not args.no_reference:
+        for name, (relu, meta) in nets.items():
             reference_rows(name, relu, meta, xcal, xte, yte, args.plain_T, out)
-        for T in steps:
+    for T in steps:
+        for name, (relu, _) in nets.items():
             default_row(name, relu, xcal, xte, yte, T, out)
 
 
