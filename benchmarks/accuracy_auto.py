@@ -6,7 +6,10 @@ training set, onnxruntime one thread). Per net, accuracy on the first ``--test``
 images of: the ReLU ANN; the QCFS ANN (L = 8, 99.9th percentile; per layer and per
 channel); plain conversion (``thresholds="percentile", rmpe=False``, per layer and per
 channel; one T = max model, whose per-step outputs give every smaller T: it is causal);
-and the default ``convert`` at each T, with the choice it made and both output errors.
+and the default ``convert`` at each T, with the choice it made and both output errors. The
+SNN that ``auto`` built and dropped is evaluated too (caught by wrapping the choice, no
+extra conversion), so each default row also has the test accuracy of both candidates and
+whether the choice kept the better one.
 Appends one JSON line per row to ``--out`` as it finishes (a row per net and kind), each
 labelled with ``--run`` (default: the start time). The reference rows of every net come
 first, then the default rows T by T in the given order, each T on every net, so that a run
@@ -30,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 import onnx_rmpe
+import onnx_rmpe.conversion as conversion
 from onnx_rmpe.conversion import build_qcfs
 from onnx_rmpe.data import Dataset
 
@@ -66,13 +70,32 @@ def reference_rows(name: str, relu, meta, xcal, xte, yte, plain_T: int, out: Pat
 
 
 def default_row(name: str, relu, xcal, xte, yte, T: int, out: Path) -> None:
-    start = time.perf_counter()
-    res = onnx_rmpe.convert(relu, T=T, calib=xcal, threads=1)
-    seconds = time.perf_counter() - start
+    candidates: dict = {}  # scope -> SNN of each conversion the choice ran
+    real = conversion.choose_per_channel
+
+    def spy(build, *args, scope_of, **kwargs):
+        def recording(per_channel):
+            built = build(per_channel)
+            candidates[scope_of(built)] = built.snn
+            return built
+        return real(recording, *args, scope_of=scope_of, **kwargs)
+
+    conversion.choose_per_channel = spy
+    try:
+        start = time.perf_counter()
+        res = onnx_rmpe.convert(relu, T=T, calib=xcal, threads=1)
+        seconds = time.perf_counter() - start
+    finally:
+        conversion.choose_per_channel = real
     hits = correct(res.snn, xte, yte)
+    chosen = res.per_channel.chosen
+    both = {scope: (hits if scope == chosen else correct(snn, xte, yte))[-1].mean().item()
+            for scope, snn in candidates.items()}
     emit(out, {"net": name, "row": "default", "T": T, "test": len(xte),
                "acc": float(hits[-1].mean()), "acc_first_2000": float(hits[-1, :2000].mean()),
                "per_step": hits.mean(1).tolist(), "choice": res.per_channel.as_dict(),
+               "candidates_acc": both,
+               "kept_better": (both[chosen] >= max(both.values())) if len(both) == 2 else None,
                "refine": [(r.error_start, r.error_end, r.passes, r.seconds)
                           for r in res.threshold_refine],
                "rmpe_accepted": None if res.calibration is None else res.calibration.accepted,
@@ -96,7 +119,8 @@ def report(path: Path, run: str | None = None) -> str:
 def _table(rows: dict) -> str:
     out = ["| net | test images | ReLU ANN | QCFS ANN per layer / channel | T | plain per "
            "layer / channel | default | chosen | output error per channel / layer | loss vs "
-           "ReLU | default - best plain | convert s |", "|" + "---|" * 12]
+           "ReLU | default - best plain | test acc. per channel / layer | choice kept the "
+           "better | convert s |", "|" + "---|" * 14]
     for net, r in rows.items():
         if ("relu", None) not in r:
             continue
@@ -118,8 +142,20 @@ def _table(rows: dict) -> str:
                        f"{' / '.join(f'{v:.2f}' for v in p)} | **{100 * d['acc']:.2f}** | "
                        f"{d['choice']['chosen']} | {errs} | {loss:.2f}{verdict} | "
                        f"{100 * d['acc'] - max(p, default=float('nan')):+.2f} | "
+                       f"{_candidates(d)} | "
                        f"{d['seconds']:.0f} |")
     return "\n".join(out) + "\n"
+
+
+def _candidates(d: dict) -> str:
+    """``per channel / per layer (kept better?)`` test accuracy of auto's two SNNs."""
+    both = d.get("candidates_acc") or {}
+    if len(both) < 2:
+        return "- | -"
+    better = {True: "yes", False: "no"}[d["kept_better"]]
+    if both["channel"] == both["layer"]:
+        better += " (equal)"
+    return f"{100 * both['channel']:.2f} / {100 * both['layer']:.2f} | {better}"
 
 
 def main() -> None:
