@@ -165,14 +165,15 @@ def refine_potentials(snn: onnx.ModelProto, reference: onnx.ModelProto, data: Da
                       batch_size: int = 128, threads: int | None = None,
                       device: Device = "cpu", max_memory: int | None = None
                       ) -> tuple[onnx.ModelProto, PotentialReport]:
-    """Scale each IF layer's ``v_init`` by ``alpha`` in ``{1} + POTENTIAL_SCALES``, front to
-    back, by the output error ``E`` of :func:`refine_thresholds` against ``reference``.
+    """Scale each IF layer's ``v_init`` by ``alpha`` in ``{1} + POTENTIAL_SCALES`` by the
+    output error ``E`` of :func:`refine_thresholds` against ``reference``: first the best
+    common ``alpha`` of all layers, then each layer's own, front to back.
 
     RMPE fits each layer's ``v_init = T (E[a] - E[r])`` to the QCFS target ANN, one layer at
     a time; after the thresholds and weights were fitted to the ReLU ANN's output, a layer's
     full offset can overshoot (``alpha = 1``: RMPE as calibrated, ``0``: the plain start
     ``phi theta``). Invariant: ``E`` of the result is at most ``E`` of ``snn`` on ``data``
-    (a scale is kept only when it lowers ``E`` by ``TIE``). ``2 * layers + 1`` SNN passes.
+    (a scale is kept only when it lowers ``E`` by ``TIE``). ``2 * layers + 3`` SNN passes.
     """
     start_time = time.perf_counter()
     batch_size = plan_batch(snn, batch_size, max_memory, what="the potential refinement")
@@ -187,12 +188,20 @@ def refine_potentials(snn: onnx.ModelProto, reference: onnx.ModelProto, data: Da
 
     best = first = score(scales)
     passes = 1
-    for name in layers:
-        for alpha in POTENTIAL_SCALES:
+    for alpha in POTENTIAL_SCALES:  # start: the best common scale
+        e = score(dict.fromkeys(layers, alpha))
+        passes += 1
+        if e < best * (1 - TIE):
+            best, scales = e, dict.fromkeys(layers, alpha)
+    for name in layers:  # then each layer's own, front to back
+        for alpha in (1.0, *POTENTIAL_SCALES):
+            if alpha == scales.get(name, 1.0):
+                continue
             e = score({**scales, name: alpha})
             passes += 1
             if e < best * (1 - TIE):
                 best, scales[name] = e, alpha
+    scales = {k: v for k, v in scales.items() if v != 1.0}
     n = target.size
     report = PotentialReport(first / n, best / n, scales, passes,
                              time.perf_counter() - start_time)

@@ -116,7 +116,7 @@ def test_refine_potentials_never_raises_the_output_error(converted, digits_data)
     assert report.error_start == pytest.approx(_output_error(snn, relu, x[:CALIB]), rel=1e-3)
     assert report.error_end == pytest.approx(_output_error(scaled, relu, x[:CALIB]), rel=1e-3)
     assert report.error_end < report.error_start and report.scales
-    assert report.passes == 1 + len(POTENTIAL_SCALES) * len(refine.thresholds)
+    assert report.passes == 1 + len(POTENTIAL_SCALES) * (1 + len(refine.thresholds))
     assert set(report.scales.values()) <= set(POTENTIAL_SCALES)
     assert set(report.scales) <= set(refine.thresholds)
 
