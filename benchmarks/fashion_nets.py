@@ -195,11 +195,14 @@ def export(net: nn.Module) -> onnx.ModelProto:
 
 
 def ort_accuracy(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 accuracy of ``model``'s first output (an ANN, or an SNN's averaged logits),
+    onnxruntime on one thread."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     s = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    pred = np.concatenate([s.run(None, {"input": x[i:i + 1000]})[0].argmax(1)
-                           for i in range(0, len(x), 1000)])
+    name = s.get_inputs()[0].name
+    pred = np.concatenate([s.run(None, {name: x[i:i + 250]})[0].argmax(-1)
+                           for i in range(0, len(x), 250)])
     return float((pred == y).mean())
 
 

@@ -30,17 +30,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
 from onnx_rmpe.conversion import convert
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fashion_nets import ort_accuracy  # noqa: E402
 
 CACHE = Path(os.environ.get("ONNX_RMPE_BENCH_CACHE", Path.home() / ".cache/onnx-rmpe-bench"))
 CALIB = 512
@@ -162,15 +165,6 @@ def _op(n, a, i):
         return i[0] * i[1]
     raise NotImplementedError(f"{t} ({n.name}): not in this reference")
 
-
-def ort_accuracy(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray) -> float:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    s = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    name = s.get_inputs()[0].name
-    pred = np.concatenate([s.run(None, {name: x[i:i + 250]})[0].argmax(-1)
-                           for i in range(0, len(x), 250)])
-    return float((pred == y).mean())
 
 
 def measure(snn: onnx.ModelProto, T: int, xt, yt, xc, batch: int = 250) -> dict:

@@ -22,17 +22,20 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
 from onnx_rmpe.conversion import convert
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fashion_nets import ort_accuracy  # noqa: E402
 
 
 def load(path: str) -> tuple[onnx.ModelProto, dict]:
@@ -130,15 +133,6 @@ def layer_rows(m, w, x, T, v_init=None) -> list[str]:
 def _rel(u, v) -> float:
     return float((u - v).norm() / v.norm())
 
-
-def ort_accuracy(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray) -> float:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    s = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    name = s.get_inputs()[0].name
-    pred = np.concatenate([s.run(None, {name: x[i:i + 500]})[0].argmax(-1)
-                           for i in range(0, len(x), 500)])
-    return float((pred == y).mean())
 
 
 def v_inits(snn: onnx.ModelProto) -> dict:

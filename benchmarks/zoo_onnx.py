@@ -60,16 +60,18 @@ def _peak_rss_gib(pid: str = "self") -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def _convert_child(name: str, T: int, samples: int, queue) -> None:
+def _convert_child(name: str, T: int, samples: int, max_memory: str | None, queue) -> None:
     from onnx_rmpe.conversion import convert
     from onnx_rmpe.errors import ConversionError
     from onnx_rmpe.lightzoo import light_model
+    from onnx_rmpe.runtime.memory import parse_size
 
     model = light_model(name)
     x = _inputs(samples, 224)
     start = time.perf_counter()
     try:
-        result = convert(model, T=T, calib=x, threads=1, batch_size=16)
+        result = convert(model, T=T, calib=x, threads=1, batch_size=16,
+                         max_memory=parse_size(max_memory))
         cal = result.calibration
         out = {"outcome": "converted", "layers": len(result.thresholds),
                "rmpe": "accepted" if cal and cal.accepted else "rejected",
@@ -130,7 +132,8 @@ def zoo(args) -> list[str]:
         f"T={T} s | T={T} peak RSS GiB | T={T} spike cache MiB" for T in steps)
         + " | distance T=4 | T=32 | T=256 | distance input |", "|---" * (6 + 3 * len(steps)) + "|"]
     for name in args.models or LIGHT_MODELS:
-        runs = {T: _isolated(_convert_child, name, T, args.samples, timeout=args.timeout)
+        runs = {T: _isolated(_convert_child, name, T, args.samples, args.max_memory,
+                             timeout=args.timeout)
                 for T in steps}
         print(name, json.dumps(runs), flush=True)
         first = runs[steps[0]]
@@ -195,6 +198,8 @@ def main() -> None:
     z.add_argument("--samples", type=int, default=16)
     z.add_argument("--T", type=int, nargs="+", default=[4, 32])
     z.add_argument("--dist-size", type=int, default=64)
+    z.add_argument("--max-memory", default=None,
+                   help="convert's memory budget (e.g. 14G; default: half the available memory)")
     z.add_argument("--timeout", type=float, default=None,
                    help="stop a conversion after this many seconds (reported as time-boxed)")
     z.add_argument("--skip-distance", action="store_true",

@@ -115,6 +115,10 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
     elif result.per_channel is not None and result.per_channel.reason == "not compared":
         click.echo("thresholds per channel (not compared with per layer: the thresholds were "
                    "not refined here; --per-layer forces one per layer)")
+    if result.potential_refine is not None and result.potential_refine.scales:
+        p = result.potential_refine
+        click.echo(f"RMPE potentials weighed by the output error: {len(p.scales)} layer(s) "
+                   f"x 1/2 or 0, output error {p.error_start:.4g} -> {p.error_end:.4g}")
     if result.readout_activations:
         click.echo(f"ReLU on the output ({', '.join(result.readout_activations)}): applied to "
                    "the time-averaged outputs (readout), not a spiking layer")
@@ -133,6 +137,8 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
                            "output": str(result.output_path),
                            "per_channel": result.per_channel.as_dict()
                            if result.per_channel else None,
+                           "potential_scales": result.potential_refine.scales
+                           if result.potential_refine else None,
                            "calibration": result.calibration.as_dict()
                            if result.calibration else None},
                written=(result.output_path, result.qcfs_path, result.target_path))

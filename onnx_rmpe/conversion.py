@@ -40,7 +40,14 @@ from onnx_rmpe.pipeline import (
 from onnx_rmpe.recipe import check_finetune_options
 from onnx_rmpe.reconstruct import ReconstructReport, reconstruct_snn, with_snn_weights
 from onnx_rmpe.refine import MAX_T as REFINE_MAX_T
-from onnx_rmpe.refine import RefineReport, output_error, refine_after_rmpe, refine_before_rmpe
+from onnx_rmpe.refine import (
+    PotentialReport,
+    RefineReport,
+    output_error,
+    refine_after_rmpe,
+    refine_before_rmpe,
+    refine_potentials,
+)
 from onnx_rmpe.refine import affordable as refine_affordable
 from onnx_rmpe.runtime.memory import default_budget
 from onnx_rmpe.runtime.neurons import DEFAULT_PHI
@@ -91,6 +98,9 @@ class ConversionResult:
     #: ``per_channel``: thresholds per channel or per layer, and (``auto``) both output
     #: errors on the calibration data (:mod:`onnx_rmpe.channel_choice`).
     per_channel: ChannelChoice | None = None
+    #: ``thresholds="refine"`` with RMPE: the per-layer scales of ``v_init`` kept by the
+    #: output error (:func:`onnx_rmpe.refine.refine_potentials`).
+    potential_refine: PotentialReport | None = None
 
 
 @dataclass
@@ -106,10 +116,13 @@ class _Built:
     refined: list[RefineReport]
     rebuilt: ReconstructReport | None
     rmpe_refined: bool
+    potentials: PotentialReport | None = None
 
     def final_error(self, data, run: dict) -> float:
         """The SNN's output error on the calibration data: the last refinement's when it
         ran after RMPE (its SNN is this one), else one SNN pass (and one ANN pass)."""
+        if self.potentials is not None:
+            return self.potentials.error_end
         if self.rmpe_refined:
             return self.refined[-1].error_end
         return output_error(self.snn, relu_reference(self.qcfs), data, **run)
@@ -188,7 +201,9 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     the ``percentile`` start (:mod:`onnx_rmpe.thresholds`; ``result.threshold_search``
     reports it); ``refine`` (default) then, for ``T <= 8``, moves them by the SNN's error at
     the output, before and after RMPE (:mod:`onnx_rmpe.refine`;
-    ``result.threshold_refine``); ``percentile`` keeps the start. Trained QCFS thresholds are kept.
+    ``result.threshold_refine``), and after an accepted RMPE scales each layer's ``v_init``
+    by 1, 1/2 or 0 by the same error (``result.potential_refine``); ``percentile`` keeps
+    the start. Trained QCFS thresholds are kept.
     ``finetune_data`` (labelled, or unlabelled: then it distils) runs stage 1 first: QCFS
     fine-tuning by :func:`onnx_rmpe.finetune.finetune` (needs torch) with its keywords in
     ``finetune_options`` (``epochs``, ``lr``, ``batch_size`` (of the training), ``val``,
@@ -295,7 +310,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
     result = ConversionResult(snn, qcfs, T, levels, lams, calibration=calibration,
                               report=snn_report, threshold_search=search, finetune=tuned,
                               threshold_refine=refined, reconstruction=rebuilt,
-                              per_channel=scope)
+                              per_channel=scope, potential_refine=built.potentials)
     readout = get_metadata(qcfs).get("onnx_rmpe.readout_activations", "")
     result.readout_activations = readout.split(",") if readout else []
     anns = _anns_to_save(qcfs, calibration, levels, save_qcfs) if save_qcfs is not None else []
@@ -351,7 +366,7 @@ def _build_snn(proto: onnx.ModelProto, data, *, per_channel: bool, T: int, level
     if reconstruct != "none" and data is not None:
         snn, rebuilt = reconstruct_snn(snn, qcfs, data, T=T, mode=reconstruct, **run)
     calibration = None
-    rmpe_refined = False
+    rmpe_refined, potentials = False, None
     if rmpe:
         calibration = calibrate(snn, qcfs, data, granularity=rmpe_granularity,
                                 sweeps=rmpe_sweeps,
@@ -365,7 +380,12 @@ def _build_snn(proto: onnx.ModelProto, data, *, per_channel: bool, T: int, level
             refined.append(report)
             lams = {**lams, **chosen}
             rmpe_refined = True
-    return _Built(snn, qcfs, lams, levels, calibration, search, refined, rebuilt, rmpe_refined)
+            if calibration.accepted:  # RMPE's v_init against the output error, per layer
+                snn, potentials = refine_potentials(snn, relu_reference(qcfs), data, **run)
+                set_metadata(snn, "onnx_rmpe.potential_scales",
+                             json.dumps(potentials.scales))
+    return _Built(snn, qcfs, lams, levels, calibration, search, refined, rebuilt, rmpe_refined,
+                  potentials)
 
 
 def _finetune_options(finetune_data, options: Mapping[str, Any] | None, **shorthands

@@ -145,6 +145,85 @@ def _line_search(name: str, current: dict[str, float], best: float, score, passe
     return best, passes
 
 
+#: Scales of a layer's RMPE ``v_init`` that :func:`refine_potentials` tries (1 is kept
+#: unless one of them lowers the output error by ``TIE``).
+POTENTIAL_SCALES = (0.5, 0.0)
+
+
+@dataclass
+class PotentialReport:
+    """Output error (mean squared, per output element) before and after, the scales kept."""
+
+    error_start: float
+    error_end: float
+    scales: dict[str, float]
+    passes: int
+    seconds: float
+
+
+def refine_potentials(snn: onnx.ModelProto, reference: onnx.ModelProto, data: Dataset, *,
+                      batch_size: int = 128, threads: int | None = None,
+                      device: Device = "cpu", max_memory: int | None = None
+                      ) -> tuple[onnx.ModelProto, PotentialReport]:
+    """Scale each IF layer's ``v_init`` by ``alpha`` in ``{1} + POTENTIAL_SCALES`` by the
+    output error ``E`` of :func:`refine_thresholds` against ``reference``: first the best
+    common ``alpha`` of all layers, then each layer's own, front to back.
+
+    RMPE fits each layer's ``v_init = T (E[a] - E[r])`` to the QCFS target ANN, one layer at
+    a time; after the thresholds and weights were fitted to the ReLU ANN's output, a layer's
+    full offset can overshoot (``alpha = 1``: RMPE as calibrated, ``0``: the plain start
+    ``phi theta``). Invariant: ``E`` of the result is at most ``E`` of ``snn`` on ``data``
+    (a scale is kept only when it lowers ``E`` by ``TIE``). ``2 * layers + 3`` SNN passes.
+    """
+    start_time = time.perf_counter()
+    batch_size = plan_batch(snn, batch_size, max_memory, what="the potential refinement")
+    target = _outputs(reference, data, batch_size, threads, device)
+    layers = [n.name for n in snn.graph.node if n.domain == DOMAIN and n.op_type == IF_OP
+              and len(n.input) > 2 and n.input[2]]
+    scales: dict[str, float] = {}
+
+    def score(candidate: dict[str, float]) -> float:
+        return _error(with_potential_scales(snn, candidate), target, data, batch_size,
+                      threads, device)
+
+    best = first = score(scales)
+    passes = 1
+    for alpha in POTENTIAL_SCALES:  # start: the best common scale
+        e = score(dict.fromkeys(layers, alpha))
+        passes += 1
+        if e < best * (1 - TIE):
+            best, scales = e, dict.fromkeys(layers, alpha)
+    for name in layers:  # then each layer's own, front to back
+        for alpha in (1.0, *POTENTIAL_SCALES):
+            if alpha == scales.get(name, 1.0):
+                continue
+            e = score({**scales, name: alpha})
+            passes += 1
+            if e < best * (1 - TIE):
+                best, scales[name] = e, alpha
+    scales = {k: v for k, v in scales.items() if v != 1.0}
+    n = target.size
+    report = PotentialReport(first / n, best / n, scales, passes,
+                             time.perf_counter() - start_time)
+    logger.info("refine potentials: output error %.4g -> %.4g, %d layer(s) rescaled, %d SNN "
+                "passes in %.1fs", report.error_start, report.error_end, len(scales), passes,
+                report.seconds)
+    return with_potential_scales(snn, scales), report
+
+
+def with_potential_scales(snn: onnx.ModelProto, scales: dict[str, float]) -> onnx.ModelProto:
+    """A copy of a multi-step ``snn`` with the named IF layers' ``v_init`` multiplied."""
+    model = onnx.ModelProto.FromString(snn.SerializeToString())
+    factor = {n.input[2]: scales[n.name] for n in model.graph.node
+              if n.domain == DOMAIN and n.op_type == IF_OP and n.name in scales
+              and len(n.input) > 2}
+    for init in model.graph.initializer:
+        if init.name in factor:
+            v = numpy_helper.to_array(init) * np.float32(factor[init.name])
+            init.CopyFrom(numpy_helper.from_array(v.astype(np.float32), init.name))
+    return model
+
+
 def output_error(snn: onnx.ModelProto, reference: onnx.ModelProto, data: Dataset, *,
                  batch_size: int = 128, threads: int | None = None, device: Device = "cpu",
                  max_memory: int | None = None) -> float:
@@ -245,6 +324,7 @@ def refine_after_rmpe(snn: onnx.ModelProto, qcfs: onnx.ModelProto, thresholds: d
     return with_thresholds(snn, chosen), set_thresholds(qcfs, chosen), chosen, report
 
 
-__all__ = ["FINE", "MAX_MACS", "MAX_STEPS", "MAX_T", "STEP", "RefineReport", "affordable",
-           "estimated_macs", "output_error", "refine_after_rmpe", "refine_before_rmpe",
-           "refine_thresholds", "with_thresholds"]
+__all__ = ["FINE", "MAX_MACS", "MAX_STEPS", "MAX_T", "POTENTIAL_SCALES", "STEP",
+           "PotentialReport", "RefineReport", "affordable", "estimated_macs", "output_error",
+           "refine_after_rmpe", "refine_before_rmpe", "refine_potentials", "refine_thresholds",
+           "with_potential_scales", "with_thresholds"]

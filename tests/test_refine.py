@@ -5,6 +5,7 @@ T = 1, and the result is deterministic and independent of the batch size."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnx import numpy_helper
 
@@ -83,3 +84,53 @@ def test_with_thresholds_scales_v_init(converted):
     np.testing.assert_allclose(after[f"{name}.v_init"], v * STEP, rtol=1e-5, atol=1e-7)
     others = [k for k in inits if k not in (f"{name}.lam", f"{name}.v_init")]
     assert all(np.array_equal(after[k], inits[k]) for k in others)
+
+
+
+def _with_offsets(snn, thresholds, fraction: float):
+    """``snn`` with every layer's ``v_init`` set to ``fraction * theta`` (a large, wrong
+    offset: the neurons fire as if their inputs were higher)."""
+    model = onnx.ModelProto.FromString(snn.SerializeToString())
+    for init in model.graph.initializer:
+        name = init.name.removesuffix(".v_init")
+        if init.name.endswith(".v_init") and name in thresholds:
+            v = np.full(numpy_helper.to_array(init).shape, fraction * thresholds[name],
+                        np.float32)
+            init.CopyFrom(numpy_helper.from_array(v, init.name))
+    return model
+
+
+def test_refine_potentials_never_raises_the_output_error(converted, digits_data):
+    """Each layer's v_init x 1, 1/2 or 0 by the output error: the error it reports is the
+    returned SNN's, measured independently, and never above the start's; offsets of half a
+    threshold everywhere are scaled down."""
+    from onnx_rmpe.data import Dataset
+    from onnx_rmpe.refine import POTENTIAL_SCALES, refine_potentials
+
+    (x, _), _ = digits_data
+    _, refine = converted
+    relu = relu_reference(refine.qcfs)
+    snn = _with_offsets(refine.snn, refine.thresholds, 0.5)
+    scaled, report = refine_potentials(snn, relu, Dataset(x[:CALIB]), batch_size=64,
+                                       threads=1)
+    assert report.error_start == pytest.approx(_output_error(snn, relu, x[:CALIB]), rel=1e-3)
+    assert report.error_end == pytest.approx(_output_error(scaled, relu, x[:CALIB]), rel=1e-3)
+    assert report.error_end < report.error_start and report.scales
+    assert report.passes == 1 + len(POTENTIAL_SCALES) * (1 + len(refine.thresholds))
+    assert set(report.scales.values()) <= set(POTENTIAL_SCALES)
+    assert set(report.scales) <= set(refine.thresholds)
+
+
+def test_with_potential_scales_scales_only_the_named_v_init(converted):
+    from onnx_rmpe.refine import with_potential_scales
+
+    _, refine = converted
+    snn = _with_offsets(refine.snn, refine.thresholds, 0.25)
+    name = next(iter(refine.thresholds))
+    inits = {i.name: numpy_helper.to_array(i) for i in snn.graph.initializer}
+    after = {i.name: numpy_helper.to_array(i)
+             for i in with_potential_scales(snn, {name: 0.5}).graph.initializer}
+    np.testing.assert_array_equal(after[f"{name}.v_init"],
+                                  inits[f"{name}.v_init"] * np.float32(0.5))
+    assert np.abs(after[f"{name}.v_init"]).max() > 0
+    assert all(np.array_equal(after[k], inits[k]) for k in inits if k != f"{name}.v_init")
