@@ -52,6 +52,22 @@ class MemoryBudgetError(OptionError):
     """A run would not fit the memory budget even one sample at a time."""
 
 
+class DiskSpaceError(ConversionError):
+    """Calibration's spike and current caches would not fit the free disk space."""
+
+    def __init__(self, directory: str, needed: int, free: int) -> None:
+        super().__init__(
+            f"not enough disk space in '{directory}' for the calibration caches: the next "
+            f"one needs {needed / 2**20:.0f} MiB, {free / 2**20:.0f} MiB are free (with a "
+            f"margin of {DISK_MARGIN / 2**20:.0f} MiB); point TMPDIR to a larger disk, or "
+            "use fewer calibration samples (--calib-samples) or a smaller T")
+        self.directory, self.needed, self.free = directory, needed, free
+
+
+#: Disk space the calibration caches leave free for everything else.
+DISK_MARGIN = 256 << 20
+
+
 class MissingDependencyError(ConversionError):
     """An optional dependency needed by this command is not installed."""
 

@@ -7,14 +7,20 @@ cache than one byte per spike; a layer's input currents (:class:`DiskArray`) as 
 batch of samples, never memory-mapped, so what they hold does not count in the process's
 resident memory (only the batch being read or written does). :class:`SpikeStore` creates
 them in one directory, deletes a file as soon as it is freed, and records the bytes on
-disk at the peak, which calibration reports.
+disk at the peak, which calibration reports. Before it creates a file it checks that the
+file fits the free disk space (less ``errors.DISK_MARGIN``) and otherwise stops with a
+:class:`onnx_rmpe.errors.DiskSpaceError` that names the directory, instead of failing
+with a full disk half-way through a layer.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
+
+from onnx_rmpe.errors import DISK_MARGIN, DiskSpaceError
 
 
 class DiskArray:
@@ -30,7 +36,12 @@ class DiskArray:
         os.ftruncate(self.fd, self.nbytes)
 
     def _row_bytes(self) -> int:
-        return int(np.prod(self.shape[2:], dtype=np.int64)) * self.dtype.itemsize
+        return self.row_bytes(self.shape)
+
+    @classmethod
+    def row_bytes(cls, shape: tuple[int, ...]) -> int:
+        """Bytes of one sample at one step of a ``shape`` array of this kind."""
+        return int(np.prod(shape[2:], dtype=np.int64)) * cls.dtype.itemsize
 
     def _samples(self, key) -> slice:
         if not (isinstance(key, tuple) and len(key) == 2 and key[0] == slice(None)
@@ -82,7 +93,11 @@ class PackedSpikes(DiskArray):
 
     def _row_bytes(self) -> int:
         self.size = int(np.prod(self.shape[2:], dtype=np.int64))
-        return (self.size + 7) // 8
+        return self.row_bytes(self.shape)
+
+    @classmethod
+    def row_bytes(cls, shape: tuple[int, ...]) -> int:
+        return (int(np.prod(shape[2:], dtype=np.int64)) + 7) // 8
 
     @property
     def bits(self):  # truthy while the file exists (former memory-map attribute)
@@ -137,7 +152,12 @@ class SpikeStore:
 
     def new(self, shape: tuple[int, ...], kind: type[DiskArray] = PackedSpikes) -> DiskArray:
         self._count += 1
-        cache = kind(os.path.join(self.directory, f"{self.prefix}{self._count}.bin"), shape)
+        path = os.path.join(self.directory, f"{self.prefix}{self._count}.bin")
+        needed = int(shape[0]) * int(shape[1]) * kind.row_bytes(tuple(shape))
+        free = shutil.disk_usage(self.directory).free
+        if needed > free - DISK_MARGIN:  # the files are sparse: their pages come with writes
+            raise DiskSpaceError(self.directory, needed, free)
+        cache = kind(path, shape)
         self.live += cache.nbytes
         self.peak_bytes = max(self.peak_bytes, self.live)
         return cache

@@ -370,3 +370,16 @@ def test_memory_budget_shrinks_the_batch_without_changing_results(work):
     assert small.accuracy_per_step == full.accuracy_per_step
     with pytest.raises(ConversionError, match="per sample"):
         evaluate(work / "net.snn.onnx", work / "calib.npz", max_memory=1000)
+
+
+def test_full_disk_stops_calibration_with_the_directory_named(work, monkeypatch):
+    """The spike caches check the free disk space before each file: a clear error naming
+    the directory and TMPDIR, exit 1, no output file, inputs untouched."""
+    import collections
+    import shutil
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 1 << 20))
+    out = _fail(work, "convert", work / "net.onnx", "--T", 2, "--calib", work / "calib.npz",
+                "-o", work / "full.onnx", expect="not enough disk space")
+    assert "TMPDIR" in out and "onnx-rmpe-work-" in out

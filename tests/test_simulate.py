@@ -107,3 +107,24 @@ def test_batch_plan_leaves_room_for_the_process_and_the_caches(resnet, digits_da
     floor = plan_batch_within(snn, 10**9, budget, what="t", reserved=1 << 40)
     assert floor == budget // 4 // per
     assert plan_batch_within(snn, 7, budget, what="t") == 7
+
+
+def test_spike_store_refuses_a_file_that_does_not_fit_the_free_disk(tmp_path, monkeypatch):
+    import collections
+    import shutil
+
+    from onnx_rmpe.errors import DISK_MARGIN, DiskSpaceError
+    from onnx_rmpe.runtime.spike_cache import PackedSpikes
+
+    usage = collections.namedtuple("usage", "total used free")
+    free = DISK_MARGIN + 1000
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(free, 0, free))
+    store = SpikeStore(str(tmp_path))
+    fits = store.new((4, 10, 25 * 8), PackedSpikes)  # 4 * 10 * 25 = 1000 bytes: just fits
+    assert fits.nbytes == 1000 == PackedSpikes.row_bytes((4, 10, 200)) * 40
+    with pytest.raises(DiskSpaceError, match=str(tmp_path)):
+        store.new((4, 10, 26 * 8), PackedSpikes)
+    with pytest.raises(DiskSpaceError):
+        store.new((4, 10, 100), DiskArray)  # float32 currents: 16000 bytes
+    assert store.live == 1000 and len(list(tmp_path.iterdir())) == 1
+    store.free(fits)
