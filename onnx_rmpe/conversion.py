@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from onnx_rmpe import validate
@@ -47,6 +48,7 @@ from onnx_rmpe.refine import (
     refine_after_rmpe,
     refine_before_rmpe,
     refine_potentials,
+    sample_errors,
 )
 from onnx_rmpe.refine import affordable as refine_affordable
 from onnx_rmpe.runtime.memory import default_budget
@@ -126,6 +128,10 @@ class _Built:
         if self.rmpe_refined:
             return self.refined[-1].error_end
         return output_error(self.snn, relu_reference(self.qcfs), data, **run)
+
+    def sample_errors(self, data, run: dict) -> np.ndarray:
+        """Per calibration sample, the SNN's output error (one SNN and one ANN pass)."""
+        return sample_errors(self.snn, relu_reference(self.qcfs), data, **run)
 
 
 def _check_options(T, levels, percentile, calib_samples, batch_size, threads, mode,
@@ -283,7 +289,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, T: int, calib=None,
         scope_of=lambda b: get_metadata(b.qcfs).get("onnx_rmpe.thresholds_per", "layer"),
         error_of=lambda b: b.final_error(data, run), per_channel=per_channel,
         stages_of=lambda b: [e for r in b.refined for e in (r.error_start, r.error_end)],
-        comparable=lambda b: bool(b.refined))
+        comparable=lambda b: bool(b.refined),
+        samples_of=lambda b: b.sample_errors(data, run))
     snn, qcfs, lams, levels = built.snn, built.qcfs, built.lams, built.levels
     calibration, search, refined = built.calibration, built.search, built.refined
     rebuilt = built.rebuilt

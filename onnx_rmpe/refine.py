@@ -234,6 +234,17 @@ def output_error(snn: onnx.ModelProto, reference: onnx.ModelProto, data: Dataset
     return _error(snn, target, data, batch_size, threads, device) / target.size
 
 
+def sample_errors(snn: onnx.ModelProto, reference: onnx.ModelProto, data: Dataset, *,
+                  batch_size: int = 128, threads: int | None = None, device: Device = "cpu",
+                  max_memory: int | None = None) -> np.ndarray:
+    """Per calibration sample, the mean squared distance of ``snn``'s first output to
+    ``reference``'s (float64, ``[len(data)]``; their mean is :func:`output_error`)."""
+    batch_size = plan_batch(snn, batch_size, max_memory, what="the output error")
+    target = _outputs(reference, data, batch_size, threads, device)
+    out = _outputs(snn, data, batch_size, threads, device)
+    return np.square(out - target).reshape(len(target), -1).mean(axis=1)
+
+
 def _error(snn: onnx.ModelProto, target: np.ndarray, data: Dataset, batch_size: int,
            threads: int | None, device: Device) -> float:
     """Summed squared distance of ``snn``'s first output to ``target`` (float64)."""
@@ -327,4 +338,4 @@ def refine_after_rmpe(snn: onnx.ModelProto, qcfs: onnx.ModelProto, thresholds: d
 __all__ = ["FINE", "MAX_MACS", "MAX_STEPS", "MAX_T", "POTENTIAL_SCALES", "STEP",
            "PotentialReport", "RefineReport", "affordable", "estimated_macs", "output_error",
            "refine_after_rmpe", "refine_before_rmpe", "refine_potentials", "refine_thresholds",
-           "with_potential_scales", "with_thresholds"]
+           "sample_errors", "with_potential_scales", "with_thresholds"]

@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 from onnx_rmpe import conversion
-from onnx_rmpe.channel_choice import METADATA_KEY
+from onnx_rmpe.channel_choice import METADATA_KEY, NOISE
 from onnx_rmpe.conversion import convert
 from onnx_rmpe.modelio import get_metadata
 from onnx_rmpe.refine import TIE
@@ -46,10 +46,7 @@ def test_auto_keeps_the_smaller_output_error(net, auto):
     choice = auto.per_channel
     errors = choice.errors
     assert set(errors) == {"channel", "layer"} and choice.reason != "forced"
-    if choice.chosen == "layer":  # per layer must win by the margin TIE
-        assert errors["layer"] < errors["channel"] * (1 - TIE), choice
-    else:
-        assert choice.chosen == "channel" and errors["channel"] * (1 - TIE) <= errors["layer"]
+    _assert_rule(choice.as_dict())
     # the recorded error is the kept SNN's, measured independently on the calibration data
     assert errors[choice.chosen] == pytest.approx(_output_error(auto, x), rel=1e-3)
     assert json.loads(get_metadata(auto.snn)[METADATA_KEY]) == json.loads(
@@ -64,6 +61,41 @@ def test_auto_keeps_the_smaller_output_error(net, auto):
         assert result.per_channel.reason == "forced" and result.per_channel.errors == {}
         assert get_metadata(result.qcfs)["onnx_rmpe.thresholds_per"] == scope
     np.testing.assert_array_equal(run(forced[choice.chosen].snn, x)[0], run(auto.snn, x)[0])
+
+
+def _assert_rule(choice: dict) -> None:
+    """Per layer only when its error is lower by TIE and by NOISE standard errors of the
+    paired per-sample difference; per channel otherwise, with the reason."""
+    errors, diff = choice["output_error"], choice["difference"]
+    assert set(diff) == {"mean", "se"} and diff["se"] > 0
+    beyond = diff["mean"] < -NOISE * diff["se"]
+    if choice["chosen"] == "layer":
+        assert errors["layer"] < errors["channel"] * (1 - TIE) and beyond, choice
+    elif choice["reason"] == "within noise":
+        assert errors["layer"] < errors["channel"] * (1 - TIE) and not beyond, choice
+    else:
+        assert choice["chosen"] == "channel" and errors["channel"] * (1 - TIE) <= errors["layer"]
+
+
+def test_noise_margin_keeps_per_channel_unless_per_layer_is_clearly_better():
+    """Synthetic candidates: per layer 5 % lower on average but noisy -> per channel kept
+    ('within noise'); consistently lower per sample -> per layer."""
+    from onnx_rmpe.channel_choice import choose
+
+    rng = np.random.default_rng(0)
+    channel = rng.exponential(1.0, 512)
+    noisy = channel * 0.95 + rng.normal(0, 1.0, 512)
+    noisy += channel.mean() * 0.95 - noisy.mean()  # mean exactly 5 % lower
+    clear = channel * 0.95
+    for layer, expect in ((noisy, ("channel", "within noise")),
+                          (clear, ("layer", "smaller output error"))):
+        samples = {True: channel, False: layer}
+        kept, choice = choose(lambda pc: pc, lambda c: "channel" if c else "layer",
+                              lambda c, s=samples: float(s[c].mean()), "auto",
+                              samples_of=lambda c, s=samples: s[c])
+        assert (choice.chosen, choice.reason) == expect
+        assert kept is (expect[0] == "channel")
+        _assert_rule(choice.as_dict())
 
 
 def test_auto_is_independent_of_the_batch_size(net, auto):
@@ -113,13 +145,13 @@ def test_cli_default_is_auto_and_flags_force(tmp_path, net):
     choice, output = found["auto"]
     errors = choice["output_error"]
     assert set(errors) == {"channel", "layer"} and f"thresholds per {choice['chosen']}" in output
-    assert errors[choice["chosen"]] <= min(errors.values()) / (1 - TIE)
+    _assert_rule(choice)
     # thresholds that are not refined: no second conversion, per channel, said so
     choice, output = found["percentile"]
     assert choice["chosen"] == "channel" and choice["reason"] == "not compared"
     assert choice["output_error"] == {} and "not compared with per layer" in output
     assert found["forced"][0] == {"chosen": "layer", "reason": "forced",
-                                  "output_error": {}, "refine_errors": {}}
+                                  "output_error": {}, "refine_errors": {}, "difference": {}}
 
 
 def test_auto_does_not_compare_where_thresholds_are_not_refined(net, monkeypatch):
