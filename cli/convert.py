@@ -109,9 +109,11 @@ def convert_cmd(model: Path, T: int, calib: Path | None, output: Path | None, le
                f"L={result.levels}, RMPE {'on' if result.calibration else 'off'}, {mode}")
     if result.per_channel is not None and result.per_channel.errors:
         errors = result.per_channel.errors
+        noise = " (per layer lower, but within the calibration data's noise)" \
+            if result.per_channel.reason == "within noise" else ""
         click.echo(f"thresholds per {result.per_channel.chosen}: output error on the "
                    f"calibration data {errors['channel']:.4g} per channel, "
-                   f"{errors['layer']:.4g} per layer")
+                   f"{errors['layer']:.4g} per layer{noise}")
     elif result.per_channel is not None and result.per_channel.reason == "not compared":
         click.echo("thresholds per channel (not compared with per layer: the thresholds were "
                    "not refined here; --per-layer forces one per layer)")
