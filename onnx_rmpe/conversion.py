@@ -130,7 +130,10 @@ class _Built:
         return output_error(self.snn, relu_reference(self.qcfs), data, **run)
 
     def sample_errors(self, data, run: dict) -> np.ndarray:
-        """Per calibration sample, the SNN's output error (one SNN and one ANN pass)."""
+        """Per calibration sample, the SNN's output error: the potential step's, else one
+        SNN and one ANN pass."""
+        if self.potentials is not None and self.potentials.sample_errors is not None:
+            return self.potentials.sample_errors
         return sample_errors(self.snn, relu_reference(self.qcfs), data, **run)
 
 

@@ -32,6 +32,7 @@ best error by ``TIE``, so float rounding (batch size, machine) does not flip nea
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -159,6 +160,8 @@ class PotentialReport:
     scales: dict[str, float]
     passes: int
     seconds: float
+    #: Per calibration sample, the returned SNN's output error (its mean is ``error_end``).
+    sample_errors: np.ndarray | None = None
 
 
 def refine_potentials(snn: onnx.ModelProto, reference: onnx.ModelProto, data: Dataset, *,
@@ -182,9 +185,13 @@ def refine_potentials(snn: onnx.ModelProto, reference: onnx.ModelProto, data: Da
               and len(n.input) > 2 and n.input[2]]
     scales: dict[str, float] = {}
 
+    per_sample = {}
+
     def score(candidate: dict[str, float]) -> float:
-        return _error(with_potential_scales(snn, candidate), target, data, batch_size,
-                      threads, device)
+        out = _outputs(with_potential_scales(snn, candidate), data, batch_size, threads, device)
+        errors = np.square(out - target).reshape(len(target), -1).sum(axis=1)
+        per_sample[json.dumps(candidate, sort_keys=True)] = errors
+        return float(errors.sum())
 
     best = first = score(scales)
     passes = 1
@@ -201,10 +208,11 @@ def refine_potentials(snn: onnx.ModelProto, reference: onnx.ModelProto, data: Da
             passes += 1
             if e < best * (1 - TIE):
                 best, scales[name] = e, alpha
+    kept = per_sample[json.dumps(scales, sort_keys=True)] / (target.size / len(target))
     scales = {k: v for k, v in scales.items() if v != 1.0}
     n = target.size
     report = PotentialReport(first / n, best / n, scales, passes,
-                             time.perf_counter() - start_time)
+                             time.perf_counter() - start_time, kept)
     logger.info("refine potentials: output error %.4g -> %.4g, %d layer(s) rescaled, %d SNN "
                 "passes in %.1fs", report.error_start, report.error_end, len(scales), passes,
                 report.seconds)

@@ -115,6 +115,8 @@ def test_refine_potentials_never_raises_the_output_error(converted, digits_data)
                                        threads=1)
     assert report.error_start == pytest.approx(_output_error(snn, relu, x[:CALIB]), rel=1e-3)
     assert report.error_end == pytest.approx(_output_error(scaled, relu, x[:CALIB]), rel=1e-3)
+    assert report.sample_errors.shape == (CALIB,)
+    assert report.sample_errors.mean() == pytest.approx(report.error_end, rel=1e-9)
     assert report.error_end < report.error_start and report.scales
     assert report.passes == 1 + len(POTENTIAL_SCALES) * (1 + len(refine.thresholds))
     assert set(report.scales.values()) <= set(POTENTIAL_SCALES)
