@@ -32,7 +32,6 @@ best error by ``TIE``, so float rounding (batch size, machine) does not flip nea
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -185,34 +184,30 @@ def refine_potentials(snn: onnx.ModelProto, reference: onnx.ModelProto, data: Da
               and len(n.input) > 2 and n.input[2]]
     scales: dict[str, float] = {}
 
-    per_sample = {}
+    def score(candidate: dict[str, float]) -> np.ndarray:
+        return _sample_sq(with_potential_scales(snn, candidate), target, data, batch_size,
+                          threads, device)
 
-    def score(candidate: dict[str, float]) -> float:
-        out = _outputs(with_potential_scales(snn, candidate), data, batch_size, threads, device)
-        errors = np.square(out - target).reshape(len(target), -1).sum(axis=1)
-        per_sample[json.dumps(candidate, sort_keys=True)] = errors
-        return float(errors.sum())
-
-    best = first = score(scales)
+    kept = score(scales)  # per-sample errors of the best scales so far
+    best = first = float(kept.sum())
     passes = 1
     for alpha in POTENTIAL_SCALES:  # start: the best common scale
-        e = score(dict.fromkeys(layers, alpha))
+        errors = score(dict.fromkeys(layers, alpha))
         passes += 1
-        if e < best * (1 - TIE):
-            best, scales = e, dict.fromkeys(layers, alpha)
+        if errors.sum() < best * (1 - TIE):
+            kept, best, scales = errors, float(errors.sum()), dict.fromkeys(layers, alpha)
     for name in layers:  # then each layer's own, front to back
         for alpha in (1.0, *POTENTIAL_SCALES):
             if alpha == scales.get(name, 1.0):
                 continue
-            e = score({**scales, name: alpha})
+            errors = score({**scales, name: alpha})
             passes += 1
-            if e < best * (1 - TIE):
-                best, scales[name] = e, alpha
-    kept = per_sample[json.dumps(scales, sort_keys=True)] / (target.size / len(target))
+            if errors.sum() < best * (1 - TIE):
+                kept, best, scales[name] = errors, float(errors.sum()), alpha
     scales = {k: v for k, v in scales.items() if v != 1.0}
     n = target.size
     report = PotentialReport(first / n, best / n, scales, passes,
-                             time.perf_counter() - start_time, kept)
+                             time.perf_counter() - start_time, kept * len(target) / n)
     logger.info("refine potentials: output error %.4g -> %.4g, %d layer(s) rescaled, %d SNN "
                 "passes in %.1fs", report.error_start, report.error_end, len(scales), passes,
                 report.seconds)
@@ -249,8 +244,14 @@ def sample_errors(snn: onnx.ModelProto, reference: onnx.ModelProto, data: Datase
     ``reference``'s (float64, ``[len(data)]``; their mean is :func:`output_error`)."""
     batch_size = plan_batch(snn, batch_size, max_memory, what="the output error")
     target = _outputs(reference, data, batch_size, threads, device)
+    return _sample_sq(snn, target, data, batch_size, threads, device) * len(target) / target.size
+
+
+def _sample_sq(snn: onnx.ModelProto, target: np.ndarray, data: Dataset, batch_size: int,
+               threads: int | None, device: Device) -> np.ndarray:
+    """Per sample, the summed squared distance of ``snn``'s first output to ``target``."""
     out = _outputs(snn, data, batch_size, threads, device)
-    return np.square(out - target).reshape(len(target), -1).mean(axis=1)
+    return np.square(out - target).reshape(len(target), -1).sum(axis=1)
 
 
 def _error(snn: onnx.ModelProto, target: np.ndarray, data: Dataset, batch_size: int,
